@@ -1,0 +1,31 @@
+# The two commands of the README. Each sets up its own virtual environment on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test bench
+demo: $(VENV)/.runtime
+	$(BIN)/python -m lib_safe_denoiser demo --out demo_out
+
+test: $(VENV)/.test
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+bench: $(VENV)/.test
+	$(BIN)/pip install -q -r benchmarks/requirements.txt
+	PYTHONPATH=. $(BIN)/python benchmarks/bench_mixture.py
+	PYTHONPATH=. $(BIN)/python benchmarks/bench_digits.py
+	PYTHONPATH=. $(BIN)/python benchmarks/bench_cost.py
+
+$(VENV)/.created:
+	$(PYTHON) -m venv $(VENV)
+	touch $@
+
+# torch is pinned: 2.13.0 is a CPU build; an unpinned torch would pull gigabytes of CUDA packages.
+$(VENV)/.runtime: requirements.txt $(VENV)/.created
+	$(BIN)/pip install -q torch==2.13.0 -r requirements.txt
+	touch $@
+
+$(VENV)/.test: requirements-test.txt $(VENV)/.runtime
+	$(BIN)/pip install -q -r requirements-test.txt
+	touch $@

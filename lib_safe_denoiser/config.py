@@ -1,0 +1,103 @@
+"""Configuration of the safe denoiser: one validated value object shared by every front-end."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+Mode = Literal["odds", "paper", "constant"]
+ReferenceKind = Literal["safe", "data"]
+SafeMean = Literal["model", "reference"]
+
+MODES: tuple[str, ...] = ("odds", "paper", "constant")
+REFERENCE_KINDS: tuple[str, ...] = ("safe", "data")
+SAFE_MEANS: tuple[str, ...] = ("model", "reference")
+
+
+@dataclass(frozen=True)
+class SafeDenoiserConfig:
+    """All knobs of the correction (METHOD.md section 2).
+
+    mode:
+        ``"odds"`` — beta from the estimated posterior odds of the bank against a reference set;
+        ``"paper"`` — the official Stable Diffusion recipe (kernel on the denoised prediction);
+        ``"constant"`` — beta fixed inside the window (ablations).
+    strength: beta0, the multiplier of beta in the odds and constant modes.
+    prior: z, the unsafe share of the data the odds mode assumes.
+    cap: upper bound of the odds (beta <= strength * cap), so that a sample sitting on a bank
+        image is pushed hard but finitely.
+    sigma_min, sigma_max: the window, in k-diffusion sigma, where the correction acts.
+    bandwidth, scale, gate_margin: the paper mode's kernel bandwidth h, correction scale s and
+        the margin below the calibrated gate threshold.
+    safe_mean: where the odds mode takes the safe posterior mean from. ``"model"``: from the
+        model's prediction, D + beta (D - E_u) (the paper's form). ``"reference"``: from the kernel
+        mean of a safe reference set, D + strength * pi (E_ref - E_u) with pi = beta / (1 + beta):
+        the same identity, bounded where the sample sits deep in the bank's region and the
+        first form would amplify the bank's sampling noise by beta. Needs reference_kind "safe".
+    min_beta: rows whose beta falls below this are left untouched (and do not count as acted).
+    reference_kind: ``"safe"`` if the reference set holds safe images, ``"data"`` if it holds
+        samples of the model itself (the pooled estimator).
+    chunk_size: bank rows per streamed block; bounds extra memory whatever the bank size.
+    n_nearest: how many nearest bank entries the diagnostics report per row.
+    """
+
+    mode: Mode = "odds"
+    strength: float = 1.0
+    prior: float = 0.1
+    cap: float = 100.0
+    sigma_min: float = 0.0
+    sigma_max: float = math.inf
+    bandwidth: float = 3.15
+    scale: float = 0.33
+    gate_margin: float = 1.6
+    safe_mean: SafeMean = "model"
+    min_beta: float = 1e-3
+    reference_kind: ReferenceKind = "safe"
+    chunk_size: int = 2048
+    n_nearest: int = 4
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field; called on construction."""
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.reference_kind not in REFERENCE_KINDS:
+            raise ValueError(f"reference_kind must be one of {REFERENCE_KINDS}, got {self.reference_kind!r}")
+        for name in ("strength", "prior", "cap", "sigma_min", "sigma_max", "bandwidth", "scale",
+                     "gate_margin", "min_beta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+        if self.strength < 0:
+            raise ValueError(f"strength must be >= 0, got {self.strength}")
+        if not 0.0 < self.prior < 1.0:
+            raise ValueError(f"prior must lie strictly between 0 and 1, got {self.prior}")
+        if not self.cap > 0 or math.isinf(self.cap):
+            raise ValueError(f"cap must be a finite number > 0, got {self.cap}")
+        if self.sigma_min < 0 or self.sigma_max < self.sigma_min:
+            raise ValueError(f"the sigma window must satisfy 0 <= sigma_min <= sigma_max, "
+                             f"got [{self.sigma_min}, {self.sigma_max}]")
+        if not self.bandwidth > 0 or math.isinf(self.bandwidth):
+            raise ValueError(f"bandwidth must be a finite number > 0, got {self.bandwidth}")
+        if self.safe_mean not in SAFE_MEANS:
+            raise ValueError(f"safe_mean must be one of {SAFE_MEANS}, got {self.safe_mean!r}")
+        if self.safe_mean == "reference" and self.reference_kind != "safe":
+            raise ValueError("safe_mean='reference' needs reference_kind='safe': a reference of model samples "
+                             "holds unsafe images too")
+        if self.min_beta < 0:
+            raise ValueError(f"min_beta must be >= 0, got {self.min_beta}")
+        for name in ("chunk_size", "n_nearest"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "chunk_size" else 0):
+                raise ValueError(f"{name} must be an integer >= {1 if name == 'chunk_size' else 0}, got {value!r}")
+
+    def replace(self, **changes: object) -> SafeDenoiserConfig:
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def in_window(self, sigma: float) -> bool:
+        return sigma > 0 and self.sigma_min <= sigma <= self.sigma_max
