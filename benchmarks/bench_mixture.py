@@ -93,17 +93,16 @@ def main(argv: list[str] | None = None) -> None:
         return sd.correct
 
     odds = SafeDenoiserConfig(mode="odds", strength=1.0, prior=1 / MODES, cap=100.0, n_nearest=0)
+    constant = SafeDenoiserConfig(mode="constant", sigma_min=1.0, sigma_max=16.0, n_nearest=0)
     runs = [
         ("none (model as is)", data_denoiser, None),
         ("exact safe denoiser", mixture_denoiser(mu, safe_w.clamp_min(1e-300)), None),
-        ("odds, E_safe from reference", data_denoiser, safe_denoiser(odds.replace(safe_mean="reference"))),
-        ("odds, E_safe from model", data_denoiser, safe_denoiser(odds)),
-        ("odds, model, sigma >= 0.5", data_denoiser, safe_denoiser(odds.replace(sigma_min=0.5))),
+        ("odds, E_safe from reference", data_denoiser, safe_denoiser(odds)),
+        ("odds, E_safe from model", data_denoiser, safe_denoiser(odds.replace(safe_mean="model"))),
+        ("odds, model, sigma >= 0.5", data_denoiser, safe_denoiser(odds.replace(safe_mean="model", sigma_min=0.5))),
         ("paper s=0.33 h=3.15", data_denoiser, safe_denoiser(SafeDenoiserConfig(mode="paper", n_nearest=0))),
-        ("constant beta=0.5", data_denoiser, safe_denoiser(SafeDenoiserConfig(mode="constant", strength=0.5,
-                                                                               n_nearest=0))),
-        ("constant beta=2", data_denoiser, safe_denoiser(SafeDenoiserConfig(mode="constant", strength=2.0,
-                                                                             n_nearest=0))),
+        ("constant 0.5, sigma 1..16", data_denoiser, safe_denoiser(constant.replace(strength=0.5))),
+        ("constant 2, sigma 1..16", data_denoiser, safe_denoiser(constant.replace(strength=2.0))),
     ]
     print(f"mixture of {MODES} Gaussians (radius {RADIUS}, std {STD}), mode {NEGATED} negated, "
           f"N = {args.bank}, Euler {args.steps} steps (Karras), {args.samples} samples")

@@ -112,7 +112,7 @@ def test_theorem_identity_with_exact_densities(sigma: float):
     sig = torch.full((16,), sigma, dtype=torch.float64)
     _, d_data = brute_force(x_t, data, sig)
     _, d_safe = brute_force(x_t, safe, sig)
-    cfg = SafeDenoiserConfig(mode="odds", strength=1.0, prior=z, cap=1e300, min_beta=0.0)
+    cfg = SafeDenoiserConfig(mode="odds", strength=1.0, prior=z, cap=1e300, min_beta=0.0, safe_mean="model")
     sd = SafeDenoiser(unsafe, safe, cfg)
     got = sd.correct(x_t, sigma, d_data)
     # (1 + beta) D - beta E_u loses log10(beta) digits to cancellation: compare where float64 can
@@ -131,7 +131,8 @@ def test_pooled_reference_gives_the_same_safe_denoiser():
     sig = torch.full((3,), 1.2, dtype=torch.float64)
     _, d_data = brute_force(x_t, data, sig)
     _, d_safe = brute_force(x_t, safe, sig)
-    cfg = SafeDenoiserConfig(mode="odds", prior=z, cap=1e12, min_beta=0.0, reference_kind="data")
+    cfg = SafeDenoiserConfig(mode="odds", prior=z, cap=1e12, min_beta=0.0, reference_kind="data",
+                             safe_mean="model")
     got = SafeDenoiser(unsafe, data, cfg).correct(x_t, 1.2, d_data)
     torch.testing.assert_close(got, d_safe, rtol=0, atol=1e-6)
 

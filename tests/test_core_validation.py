@@ -55,6 +55,8 @@ def test_odds_needs_a_reference():
     ({"strength": math.nan}, "strength"),
     ({"strength": "3"}, "strength"),
     ({"reference_kind": "model"}, "reference_kind"),
+    ({"reference_kind": "data"}, "safe_mean='model'"),
+    ({"safe_mean": "bank"}, "safe_mean"),
 ])
 def test_config_validation_names_the_field(changes, field):
     with pytest.raises(ValueError, match=field):
