@@ -12,7 +12,7 @@ test: $(VENV)/.test
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.test
-	$(BIN)/pip install -q -r benchmarks/requirements.txt
+	$(BIN)/pip install -q -r requirements-test.txt -r benchmarks/requirements.txt
 	PYTHONPATH=. $(BIN)/python benchmarks/bench_mixture.py
 	PYTHONPATH=. $(BIN)/python benchmarks/bench_digits.py
 	PYTHONPATH=. $(BIN)/python benchmarks/bench_cost.py

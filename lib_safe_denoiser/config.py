@@ -57,7 +57,7 @@ class SafeDenoiserConfig:
     safe_mean: SafeMean = "reference"
     min_beta: float = 1e-3
     reference_kind: ReferenceKind = "safe"
-    chunk_size: int = 2048
+    chunk_size: int = 256
     n_nearest: int = 4
 
     def __post_init__(self) -> None:
