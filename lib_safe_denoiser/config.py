@@ -30,7 +30,7 @@ class SafeDenoiserConfig:
         image is pushed hard but finitely.
     sigma_min, sigma_max: the window, in k-diffusion sigma, where the correction acts.
     bandwidth, scale, gate_margin: the paper mode's kernel bandwidth h, correction scale s and
-        the margin below the calibrated gate threshold.
+        the margin below the calibrated gate threshold (inf: no gate, always on).
     safe_mean: where the odds mode takes the safe posterior mean from. ``"reference"`` (default):
         from the kernel mean of the safe reference set, D + strength * pi (E_ref - E_u) with
         pi = odds / (1 + odds); ``"model"``: from the model's prediction, D + beta (D - E_u) (the

@@ -242,7 +242,7 @@ class SafeDenoiser:
 
     def _paper(self, d: torch.Tensor):
         cfg = self.config
-        if self.gate_threshold is None:
+        if self.gate_threshold is None and math.isfinite(cfg.gate_margin):
             self.calibrate_gate()
         bank, bank_sq = self._negation.on(d.device)
         stats: KernelStats = kernel_stats(d, bank, bank_sq, laplace_logits(cfg.bandwidth),
@@ -250,7 +250,8 @@ class SafeDenoiser:
         # sum k / (sum k + eps) without leaving log space: sigmoid(lse - log eps)
         shrink = torch.sigmoid(stats.lse - math.log(PAPER_EPS)).unsqueeze(1)
         new = d - cfg.scale * shrink * stats.mean
-        bar = self.gate_threshold - cfg.gate_margin  # type: ignore[operator]  # calibrated above
+        # an infinite margin is "no gate": the recipes for people and artworks are always on
+        bar = self.gate_threshold - cfg.gate_margin if math.isfinite(cfg.gate_margin) else -math.inf
         gate = stats.lse > math.log(bar) if bar > 0 else torch.ones_like(stats.lse, dtype=torch.bool)
         beta = torch.full_like(stats.lse, cfg.scale)
         acted = gate & (beta >= cfg.min_beta)

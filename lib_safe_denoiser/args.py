@@ -1,0 +1,176 @@
+"""The extension's arguments as one validated unit, whatever front-end they come from.
+
+The WebUI hands a script its UI values positionally (and the REST API's ``alwayson_scripts``
+does too, missing trailing values taking the defaults); API users may instead pass one dict of
+named fields. Both land here, are checked field by field, and turn into a SafeDenoiserConfig.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lib_safe_denoiser.bank_inputs import validate_bank_name
+from lib_safe_denoiser.config import MODES, SafeDenoiserConfig
+from lib_safe_denoiser.errors import BankError, SafeDenoiserError
+from lib_safe_denoiser.presets import DEFAULT_PRESET, preset_fields, preset_names
+from lib_safe_denoiser.schedules import timestep_to_sigma
+
+
+class ArgsError(SafeDenoiserError, ValueError):
+    """A bad argument; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    label: str
+    kind: type
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("enabled", "Enable", bool),
+    Field("bank", "Negation bank", str),
+    Field("preset", "Preset", str),
+    Field("mode", "Mode", str),
+    Field("strength", "Strength", float),
+    Field("window_start", "Active from (% of denoising)", float),
+    Field("window_end", "Active until (% of denoising)", float),
+    Field("reference_bank", "Reference bank (odds mode)", str),
+    Field("prior", "Prior unsafe share z (odds mode)", float),
+    Field("bandwidth", "Kernel bandwidth (paper mode)", float),
+    Field("gate", "Gate (paper mode)", bool),
+    Field("gate_margin", "Gate margin (paper mode)", float),
+)
+FIELD_NAMES = tuple(f.name for f in FIELDS)
+_KINDS = {f.name: f.kind for f in FIELDS}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = _KINDS[name]
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ArgsError(f"field {name!r} must be true or false, got {value!r}")
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ArgsError(f"field {name!r} must be a finite number, got {value!r}")
+        return float(value)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ArgsError(f"field {name!r} must be a string, got {value!r}")
+    return value.strip()
+
+
+@dataclass(frozen=True)
+class SafeDenoiserArgs:
+    """Fields in UI order; ``FIELDS`` gives their labels. Construction validates."""
+
+    enabled: bool = False
+    bank: str = ""
+    preset: str = DEFAULT_PRESET
+    mode: str = "paper"
+    strength: float = 0.33
+    window_start: float = 0.0
+    window_end: float = 0.22
+    reference_bank: str = ""
+    prior: float = 0.1
+    bandwidth: float = 3.15
+    gate: bool = True
+    gate_margin: float = 1.6
+
+    def __post_init__(self) -> None:
+        for name in FIELD_NAMES:
+            object.__setattr__(self, name, _coerce(name, getattr(self, name)))
+        if self.preset not in preset_names():
+            raise ArgsError(f"field 'preset' must be one of {preset_names()}, got {self.preset!r}")
+        if self.mode not in MODES:
+            raise ArgsError(f"field 'mode' must be one of {list(MODES)}, got {self.mode!r}")
+        if self.strength < 0:
+            raise ArgsError(f"field 'strength' must be >= 0, got {self.strength}")
+        if not 0.0 <= self.window_start <= self.window_end <= 1.0:
+            raise ArgsError(f"fields 'window_start' and 'window_end' must satisfy 0 <= start <= end <= 1, "
+                            f"got {self.window_start} and {self.window_end}")
+        if not 0.0 < self.prior < 1.0:
+            raise ArgsError(f"field 'prior' must lie strictly between 0 and 1, got {self.prior}")
+        if self.bandwidth <= 0:
+            raise ArgsError(f"field 'bandwidth' must be > 0, got {self.bandwidth}")
+        for name in ("bank", "reference_bank"):
+            value = getattr(self, name)
+            if value:
+                try:
+                    validate_bank_name(value)
+                except BankError as exc:
+                    raise ArgsError(f"field {name!r}: {exc}") from None
+        if self.enabled and not self.bank:
+            raise ArgsError("field 'bank' is required when the safe denoiser is enabled: choose a negation bank")
+        if self.enabled and self.mode == "odds" and not self.reference_bank:
+            raise ArgsError("field 'reference_bank' is required in the odds mode: choose a bank of generic "
+                            "safe images")
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_positional(cls, values: Sequence[Any]) -> SafeDenoiserArgs:
+        """UI order; missing trailing values take the defaults, extra ones are an error."""
+        if len(values) > len(FIELDS):
+            raise ArgsError(f"got {len(values)} positional arguments, at most {len(FIELDS)} are accepted: "
+                            f"{', '.join(FIELD_NAMES)}")
+        return cls(**dict(zip(FIELD_NAMES, values, strict=False)))
+
+    @classmethod
+    def from_dict(cls, fields: Mapping[str, Any]) -> SafeDenoiserArgs:
+        """Named fields. A preset fills the fields the dict leaves out; unknown keys are an error."""
+        unknown = sorted(set(fields) - set(FIELD_NAMES))
+        if unknown:
+            raise ArgsError(f"unknown field(s) {', '.join(map(repr, unknown))}; accepted: {', '.join(FIELD_NAMES)}")
+        values = dict(fields)
+        preset = values.get("preset", DEFAULT_PRESET)
+        if isinstance(preset, str) and preset in preset_names():
+            values = {**preset_fields(preset), **values}
+        return cls(**values)
+
+    @classmethod
+    def from_script_args(cls, args: Sequence[Any]) -> SafeDenoiserArgs:
+        """What a Script receives: one dict of named fields, or the positional UI values."""
+        if len(args) >= 1 and isinstance(args[0], Mapping):
+            if len(args) > 1:
+                raise ArgsError("pass either one dict of named fields or positional values, not both")
+            return cls.from_dict(args[0])
+        return cls.from_positional(args)
+
+    # ------------------------------------------------------------------ conversions
+    def replace(self, **changes: Any) -> SafeDenoiserArgs:
+        return dataclasses.replace(self, **changes)
+
+    def with_preset(self, name: str) -> SafeDenoiserArgs:
+        """The same arguments with a preset's numbers (a KeyError names the choices)."""
+        return self.replace(preset=name, **preset_fields(name))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in FIELD_NAMES}
+
+    def as_positional(self) -> list[Any]:
+        return [getattr(self, name) for name in FIELD_NAMES]
+
+    def sigma_window(self, alphas_cumprod: torch.Tensor) -> tuple[float, float]:
+        """(sigma_min, sigma_max) of the window: fraction f of the timeline is DDPM t = (1 - f)(T - 1)."""
+        last = alphas_cumprod.numel() - 1
+        hi = math.inf if self.window_start <= 0 else float(timestep_to_sigma((1 - self.window_start) * last,
+                                                                              alphas_cumprod))
+        lo = 0.0 if self.window_end >= 1 else float(timestep_to_sigma((1 - self.window_end) * last, alphas_cumprod))
+        return lo, hi
+
+    def to_config(self, alphas_cumprod: torch.Tensor, **extra: Any) -> SafeDenoiserConfig:
+        """The engine's configuration for a model with this noise schedule."""
+        lo, hi = self.sigma_window(alphas_cumprod)
+        common = {"mode": self.mode, "sigma_min": lo, "sigma_max": hi, **extra}
+        if self.mode == "paper":
+            return SafeDenoiserConfig(scale=self.strength, bandwidth=self.bandwidth,
+                                      gate_margin=self.gate_margin if self.gate else math.inf, **common)
+        return SafeDenoiserConfig(strength=self.strength, prior=self.prior, **common)

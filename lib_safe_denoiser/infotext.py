@@ -1,0 +1,120 @@
+"""Infotext: what the safe denoiser used and what it did, as the WebUI's "key: value" pairs.
+
+``to_infotext`` and ``from_infotext`` are a pair: pasting an image's parameters back restores
+the arguments that made it (like sd-webui-controlnet's serialise/parse).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from lib_safe_denoiser.args import SafeDenoiserArgs
+
+PREFIX = "Safe denoiser"
+KEY_BANK = PREFIX
+KEY_HASH = f"{PREFIX} hash"
+KEY_PRESET = f"{PREFIX} preset"
+KEY_MODE = f"{PREFIX} mode"
+KEY_STRENGTH = f"{PREFIX} strength"
+KEY_WINDOW = f"{PREFIX} window"
+KEY_REFERENCE = f"{PREFIX} reference"
+KEY_PRIOR = f"{PREFIX} prior"
+KEY_BANDWIDTH = f"{PREFIX} bandwidth"
+KEY_GATE = f"{PREFIX} gate"
+KEY_ACTED = f"{PREFIX} acted"
+KEY_MAX_BETA = f"{PREFIX} max beta"
+KEY_ERROR = f"{PREFIX} error"
+
+INFOTEXT_FIELDS: tuple[tuple[str, str], ...] = (
+    ("enabled", KEY_BANK),
+    ("bank", KEY_BANK),
+    ("preset", KEY_PRESET),
+    ("mode", KEY_MODE),
+    ("strength", KEY_STRENGTH),
+    ("window_start", KEY_WINDOW),
+    ("window_end", KEY_WINDOW),
+    ("reference_bank", KEY_REFERENCE),
+    ("prior", KEY_PRIOR),
+    ("bandwidth", KEY_BANDWIDTH),
+    ("gate", KEY_GATE),
+    ("gate_margin", KEY_GATE),
+)
+"""(argument field, infotext key) for the WebUI's paste mapping."""
+
+
+@dataclass(frozen=True)
+class TraceSummary:
+    """What the correction did over one sampling pass."""
+
+    acted_steps: int
+    total_steps: int
+    max_beta: float
+
+
+def _num(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def to_infotext(args: SafeDenoiserArgs, bank_hash: str, summary: TraceSummary | None) -> dict[str, str]:
+    """The pairs to put in ``p.extra_generation_params`` for an enabled job."""
+    out = {
+        KEY_BANK: args.bank,
+        KEY_HASH: bank_hash,
+        KEY_PRESET: args.preset,
+        KEY_MODE: args.mode,
+        KEY_STRENGTH: _num(args.strength),
+        KEY_WINDOW: f"{_num(args.window_start)}-{_num(args.window_end)}",
+    }
+    if args.mode == "odds":
+        out[KEY_REFERENCE] = args.reference_bank
+        out[KEY_PRIOR] = _num(args.prior)
+    if args.mode == "paper":
+        out[KEY_BANDWIDTH] = _num(args.bandwidth)
+        out[KEY_GATE] = _num(args.gate_margin) if args.gate else "off"
+    if summary is not None:
+        out[KEY_ACTED] = f"{summary.acted_steps}/{summary.total_steps}"
+        out[KEY_MAX_BETA] = _num(summary.max_beta)
+    return out
+
+
+def _float(params: Mapping[str, Any], key: str) -> float | None:
+    try:
+        value = float(params[key])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def from_infotext(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Argument fields recovered from pasted infotext pairs (values as the WebUI parsed them).
+
+    Only what is present and readable comes back, so pasting an image made without the
+    extension (no "Safe denoiser" key) gives ``{"enabled": False}``.
+    """
+    if KEY_BANK not in params:
+        return {"enabled": False}
+    out: dict[str, Any] = {"enabled": True, "bank": str(params[KEY_BANK])}
+    for field, key in (("preset", KEY_PRESET), ("mode", KEY_MODE), ("reference_bank", KEY_REFERENCE)):
+        if key in params:
+            out[field] = str(params[key])
+    for field, key in (("strength", KEY_STRENGTH), ("prior", KEY_PRIOR), ("bandwidth", KEY_BANDWIDTH)):
+        value = _float(params, key)
+        if value is not None:
+            out[field] = value
+    window = str(params.get(KEY_WINDOW, ""))
+    start, sep, end = window.partition("-")
+    try:
+        if sep:
+            out["window_start"], out["window_end"] = float(start), float(end)
+    except ValueError:
+        pass
+    if KEY_GATE in params:
+        gate = str(params[KEY_GATE])
+        margin = _float(params, KEY_GATE)
+        out["gate"] = gate != "off"
+        if margin is not None:
+            out["gate_margin"] = margin
+    return out
