@@ -18,7 +18,7 @@ import torch
 from lib_safe_denoiser.bank_inputs import validate_bank_name
 from lib_safe_denoiser.config import MODES, SafeDenoiserConfig
 from lib_safe_denoiser.errors import BankError, SafeDenoiserError
-from lib_safe_denoiser.presets import DEFAULT_PRESET, preset_fields, preset_names
+from lib_safe_denoiser.presets import CUSTOM, DEFAULT_PRESET, preset_fields, preset_names
 from lib_safe_denoiser.schedules import timestep_to_sigma
 
 
@@ -137,12 +137,26 @@ class SafeDenoiserArgs:
 
     @classmethod
     def from_script_args(cls, args: Sequence[Any]) -> SafeDenoiserArgs:
-        """What a Script receives: one dict of named fields, or the positional UI values."""
+        """What a Script receives: one dict of named fields first, or the positional UI values.
+
+        The WebUI fills the slots after an API request's own args with the UI defaults, so with a
+        dict first the rest are those defaults and are ignored; ``check_api_args`` refuses a
+        request that really sends more than the dict.
+        """
         if len(args) >= 1 and isinstance(args[0], Mapping):
-            if len(args) > 1:
-                raise ArgsError("pass either one dict of named fields or positional values, not both")
             return cls.from_dict(args[0])
         return cls.from_positional(args)
+
+    @classmethod
+    def check_api_args(cls, args: Any) -> SafeDenoiserArgs:
+        """Validate the raw ``args`` of an API request's ``alwayson_scripts`` entry."""
+        if not isinstance(args, list):
+            raise ArgsError(f"'args' must be a list (positional values, or one dict of named fields), got {args!r}")
+        if args and isinstance(args[0], Mapping) and len(args) > 1:
+            raise ArgsError("pass either one dict of named fields or positional values, not both")
+        if any(isinstance(a, Mapping) for a in args[1:]):
+            raise ArgsError("a dict of named fields must be the only element of 'args'")
+        return cls.from_script_args(args)
 
     # ------------------------------------------------------------------ conversions
     def replace(self, **changes: Any) -> SafeDenoiserArgs:
@@ -151,6 +165,17 @@ class SafeDenoiserArgs:
     def with_preset(self, name: str) -> SafeDenoiserArgs:
         """The same arguments with a preset's numbers (a KeyError names the choices)."""
         return self.replace(preset=name, **preset_fields(name))
+
+    def settled(self) -> SafeDenoiserArgs:
+        """The same arguments, named "custom" when their numbers are no longer the preset's.
+
+        Infotext then says what really ran, and pasting it back does not re-apply the preset
+        over the user's own numbers.
+        """
+        recipe = preset_fields(self.preset)
+        if any(getattr(self, k) != v for k, v in recipe.items()):
+            return self.replace(preset=CUSTOM)
+        return self
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in FIELD_NAMES}

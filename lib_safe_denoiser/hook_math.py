@@ -54,27 +54,43 @@ def steer_rows_(
     Returns the per-image delta added (in the outputs' parametrisation), or None if nothing changed.
     """
     n = len(conds_list)
-    combined = combine_cfg(x_out, conds_list, cond_scale).float()
-    x_img = x_in[-n:].float()
-    sig = sigma_in[-n:].detach().double().cpu()
-    if alphas_cumprod is None:
-        x0 = combined
-        steered = correct(x_img, sig, x0)
-        if steered is x0:
-            return None
-        delta = steered - x0
-    else:
-        a = alpha_bar_at(sig, alphas_cumprod)
-        x0 = eps_to_x0(x_img, combined, a)
-        steered = correct(vp_to_k(x_img, a), timestep_to_sigma(sig, alphas_cumprod), x0)
-        if steered is x0:
-            return None
-        # eps = (x - sqrt(a) x0) / sqrt(1 - a): a change of x0 by d changes eps by -sqrt(a / (1 - a)) d
-        scale = (a / (1 - a)).sqrt().reshape(-1, *([1] * (x0.ndim - 1))).to(x0)
-        delta = -scale * (steered - x0)
+    combined = combine_cfg(x_out, conds_list, cond_scale)
+    delta = correction_delta(combined, x_in[-n:], sigma_in[-n:], correct, alphas_cumprod=alphas_cumprod)
+    if delta is None:
+        return None
     delta = delta.to(x_out.dtype)
     for i, conds in enumerate(conds_list):
         for row, _ in conds:
             x_out[row] += delta[i]
         x_out[x_out.shape[0] - n + i] += delta[i]
     return delta
+
+
+def correction_delta(
+    combined: torch.Tensor,
+    x_img: torch.Tensor,
+    sigma: torch.Tensor,
+    correct: Correct,
+    *,
+    alphas_cumprod: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """What the correction changes in one combined prediction per image, or None if nothing.
+
+    ``combined`` is in the sampler's parametrisation (x0, or eps with ``alphas_cumprod``), ``x_img``
+    the noisy latents and ``sigma`` their noise levels (DDPM timesteps with ``alphas_cumprod``).
+    The result is float32 and in the same parametrisation as ``combined``.
+    """
+    combined = combined.float()
+    x_img = x_img.float()
+    sig = sigma.detach().double().cpu()
+    if alphas_cumprod is None:
+        steered = correct(x_img, sig, combined)
+        return None if steered is combined else steered - combined
+    a = alpha_bar_at(sig, alphas_cumprod)
+    x0 = eps_to_x0(x_img, combined, a)
+    steered = correct(vp_to_k(x_img, a), timestep_to_sigma(sig, alphas_cumprod), x0)
+    if steered is x0:
+        return None
+    # eps = (x - sqrt(a) x0) / sqrt(1 - a): a change of x0 by d changes eps by -sqrt(a / (1 - a)) d
+    scale = (a / (1 - a)).sqrt().reshape(-1, *([1] * (x0.ndim - 1))).to(x0)
+    return -scale * (steered - x0)

@@ -44,7 +44,12 @@ def test_dict_form_fills_from_preset_and_names_bad_fields():
     with pytest.raises(ArgsError, match="'enabled' must be true or false"):
         SafeDenoiserArgs.from_dict({"enabled": "yes"})
     with pytest.raises(ArgsError, match="either one dict"):
-        SafeDenoiserArgs.from_script_args([{"enabled": True}, 1.0])
+        SafeDenoiserArgs.check_api_args([{"enabled": True}, 1.0])
+    with pytest.raises(ArgsError, match="must be a list"):
+        SafeDenoiserArgs.check_api_args({"enabled": True})
+    # in a Script, the slots after the dict hold the UI defaults the WebUI filled in
+    filled = SafeDenoiserArgs.from_script_args([{"strength": 0.5}, False, "", "custom", "odds"])
+    assert filled.strength == 0.5 and filled.mode == "paper"
 
 
 @pytest.mark.parametrize("fields, message", [
@@ -89,3 +94,10 @@ def test_window_maps_timeline_fractions_to_sigmas():
 
 def test_field_names_are_in_ui_order():
     assert FIELD_NAMES[:5] == ("enabled", "bank", "preset", "mode", "strength")
+
+
+def test_settled_names_changed_numbers_custom():
+    args = SafeDenoiserArgs(enabled=True, bank="b")
+    assert args.settled() is args
+    changed = args.replace(strength=0.5).settled()
+    assert changed.preset == "custom" and changed.strength == 0.5

@@ -1,0 +1,78 @@
+"""One sampling pass's steering: what the WebUI's three CFG callbacks hand over, turned into corrections.
+
+The glue calls ``capture`` from ``on_cfg_denoiser`` (the model inputs), ``steer_outputs_`` from
+``on_cfg_denoised`` (the raw per-row outputs, edited in place so that the live preview and an
+interrupted result are steered too) and ``steer_combined`` from ``on_cfg_after_cfg``. The last
+only acts for a step whose outputs were not steered — WebUI forks that never fire
+``on_cfg_denoised`` — so a step is never corrected twice. Pure torch: no WebUI imports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lib_safe_denoiser.denoiser import SafeDenoiser
+from lib_safe_denoiser.hook_math import CondsList, correction_delta, steer_rows_
+from lib_safe_denoiser.trace import GenerationTrace
+
+
+@dataclass
+class _Captured:
+    x_in: torch.Tensor
+    sigma_in: torch.Tensor
+    steered: bool = False
+
+
+class Steering:
+    """Corrections of one pass with one SafeDenoiser; every correct() call lands in ``trace``."""
+
+    def __init__(self, safe: SafeDenoiser, trace: GenerationTrace) -> None:
+        self.safe = safe
+        self.trace = trace
+        self._captured: _Captured | None = None
+
+    def capture(self, x_in: torch.Tensor, sigma_in: torch.Tensor) -> None:
+        """Keep the model inputs of this step ([cond rows..., one uncond row per image])."""
+        if x_in.ndim < 2 or sigma_in.ndim != 1 or sigma_in.shape[0] != x_in.shape[0]:
+            raise ValueError(f"model inputs of shape {tuple(x_in.shape)} with sigma of shape {tuple(sigma_in.shape)}")
+        self._captured = _Captured(x_in, sigma_in)
+
+    def steer_outputs_(self, x_out: torch.Tensor, conds_list: CondsList, cond_scale: float,
+                       alphas_cumprod: torch.Tensor | None = None) -> None:
+        """Correct the step's combined prediction by editing every output row in place.
+
+        ``alphas_cumprod`` is given for timestep samplers (eps outputs, DDPM timesteps).
+        """
+        cap = self._require()
+        if x_out.shape[0] != cap.x_in.shape[0]:
+            raise ValueError(f"the model returned {x_out.shape[0]} rows for {cap.x_in.shape[0]} inputs")
+        steer_rows_(x_out, cap.x_in, cap.sigma_in, conds_list, cond_scale, self._correct,
+                    alphas_cumprod=alphas_cumprod)
+        cap.steered = True
+
+    def steer_combined(self, combined: torch.Tensor, alphas_cumprod: torch.Tensor | None = None) -> torch.Tensor:
+        """The combined prediction [B, ...] corrected, unless this step's outputs already were."""
+        cap, self._captured = self._captured, None
+        if cap is None or cap.steered:
+            return combined
+        n = combined.shape[0]
+        delta = correction_delta(combined, cap.x_in[-n:], cap.sigma_in[-n:], self._correct,
+                                 alphas_cumprod=alphas_cumprod)
+        return combined if delta is None else combined + delta.to(combined.dtype)
+
+    @property
+    def sigma0(self) -> float:
+        """The captured step's first noise level (a DDPM timestep for timestep samplers)."""
+        return float(self._require().sigma_in[-1])
+
+    def _require(self) -> _Captured:
+        if self._captured is None:
+            raise RuntimeError("the model outputs arrived without their inputs (on_cfg_denoiser did not run)")
+        return self._captured
+
+    def _correct(self, x_t: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+        out = self.safe.correct(x_t, sigma, denoised)
+        self.trace.record(len(self.trace.steps), self.safe.last_diagnostics)
+        return out

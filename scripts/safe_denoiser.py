@@ -1,0 +1,413 @@
+"""WebUI glue: the "Safe Denoiser" accordion, per-job CFG callbacks, infotext, settings, XYZ axes, REST checks.
+
+Everything here translates between the WebUI and ``lib_safe_denoiser``. The WebUI only logs
+exceptions raised by scripts and callbacks, so every failure is caught here and fails the job
+closed: it is interrupted, its images are withheld and the infotext and comments say why.
+Callbacks are registered for one job and removed after it on every path; a job that leaves
+them behind (an exception in the WebUI) is cleaned up when the next job starts, and a stale
+callback never acts on another job's processing object.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import gradio as gr
+import torch
+from modules import paths_internal, prompt_parser, script_callbacks, scripts, sd_samplers_common, shared
+from modules.ui_components import InputAccordion
+
+from lib_safe_denoiser.api_validation import ArgsValidationMiddleware
+from lib_safe_denoiser.args import FIELDS, ArgsError, SafeDenoiserArgs
+from lib_safe_denoiser.bank_store import BankStore
+from lib_safe_denoiser.cli import STORE_SUBDIR
+from lib_safe_denoiser.config import MODES
+from lib_safe_denoiser.errors import SafeDenoiserError
+from lib_safe_denoiser.infotext import INFOTEXT_FIELDS, KEY_ERROR, from_infotext
+from lib_safe_denoiser.job import DenoiserFactory, Job
+from lib_safe_denoiser.presets import DEFAULT_PRESET, PRESETS, preset_fields, preset_names
+
+logger = logging.getLogger(__name__)
+
+TITLE = "Safe Denoiser"
+XYZ_ATTR = "safe_denoiser_xyz"
+"""Attribute of the processing object where XYZ-plot axes put the fields they override."""
+JOB_ATTR = "safe_denoiser_job"
+ERROR_ATTR = "safe_denoiser_error"
+OPT_STEER_HIRES = "safe_denoiser_steer_hires"
+OPT_ENCODE_BATCH = "safe_denoiser_encode_batch"
+
+STORE = BankStore(os.path.join(paths_internal.data_path, STORE_SUBDIR))
+FACTORY = DenoiserFactory(STORE)
+LAST_JOBS: dict[bool, Job] = {}
+"""The last finished job per tab (is_img2img), for the diagnostics panel."""
+
+
+class _Active:
+    """The job the registered callbacks serve, and the CFG denoiser of its current step."""
+
+    job: Job | None = None
+    denoiser: Any = None
+
+
+def option(key: str, default: Any) -> Any:
+    return shared.opts.data.get(key, default)
+
+
+# ---------------------------------------------------------------------------------- callbacks
+def _serving(denoiser: Any) -> Job | None:
+    job = _Active.job
+    if job is None or job.error is not None or job.steering is None:
+        return None
+    if denoiser is not None and getattr(denoiser, "p", None) is not job.p:
+        return None  # a callback left over from another job: never touch this one
+    return job
+
+
+def _alphas_for(denoiser: Any) -> torch.Tensor | None:
+    """alphas_cumprod for timestep samplers (eps outputs, DDPM timesteps), None for k-diffusion."""
+    from modules.sd_samplers_timesteps import CFGDenoiserTimesteps
+
+    return denoiser.alphas if isinstance(denoiser, CFGDenoiserTimesteps) else None
+
+
+def _cond_scale(denoiser: Any, sigma0: float) -> float:
+    """The scale CFGDenoiser.forward combines this step with (1 where it skipped the uncond pass)."""
+    opts, p = shared.opts, denoiser.p
+    early = opts.data.get("skip_early_cond", 0.0)
+    if early != 0 and denoiser.step / denoiser.total_steps <= early:
+        return 1.0
+    s_min = getattr(denoiser.sampler, "s_min_uncond", getattr(p, "s_min_uncond", 0.0)) or 0.0
+    if (denoiser.step % 2 or opts.data.get("s_min_uncond_all", False)) and s_min > 0 and sigma0 < s_min:
+        return 1.0
+    return p.cfg_scale * denoiser.cond_scale_miltiplier
+
+
+def on_cfg_denoiser(params: script_callbacks.CFGDenoiserParams) -> None:
+    job = _serving(params.denoiser)
+    if job is None:
+        return
+    try:
+        _Active.denoiser = params.denoiser
+        job.steering.capture(params.x, params.sigma)
+    except Exception as e:  # noqa: BLE001 - the WebUI would only log it: fail the job closed
+        fail_job(job, f"steering failed: {e}")
+
+
+def on_cfg_denoised(params: script_callbacks.CFGDenoisedParams) -> None:
+    denoiser = _Active.denoiser
+    job = _serving(denoiser)
+    if job is None or denoiser is None:
+        return
+    try:
+        conds_list, _ = prompt_parser.reconstruct_multicond_batch(denoiser.sampler.sampler_extra_args["cond"],
+                                                                  denoiser.step)
+        scale = _cond_scale(denoiser, job.steering.sigma0)
+        job.steering.steer_outputs_(params.x, conds_list, scale, _alphas_for(denoiser))
+    except Exception as e:  # noqa: BLE001
+        fail_job(job, f"steering failed: {e}")
+
+
+def on_cfg_after_cfg(params: script_callbacks.AfterCFGCallbackParams) -> None:
+    denoiser = _Active.denoiser
+    job = _serving(denoiser)
+    if job is None or denoiser is None:
+        return
+    try:
+        params.x = job.steering.steer_combined(params.x, _alphas_for(denoiser))
+    except Exception as e:  # noqa: BLE001
+        fail_job(job, f"steering failed: {e}")
+
+
+_CALLBACKS = (
+    (script_callbacks.on_cfg_denoiser, on_cfg_denoiser),
+    (script_callbacks.on_cfg_denoised, on_cfg_denoised),
+    (script_callbacks.on_cfg_after_cfg, on_cfg_after_cfg),
+)
+
+
+def register_callbacks(job: Job) -> None:
+    unregister_callbacks()
+    _Active.job = job
+    for register, fn in _CALLBACKS:
+        register(fn, name="safe_denoiser")
+
+
+def unregister_callbacks() -> None:
+    for _, fn in _CALLBACKS:
+        script_callbacks.remove_callbacks_for_function(fn)
+    _Active.job = None
+    _Active.denoiser = None
+
+
+# ---------------------------------------------------------------------------------- failures
+def fail_job(job: Job, message: str) -> None:
+    """Stop the job and withhold its images: a generation the user asked to steer is never
+    returned unsteered."""
+    job.fail(message)
+    _mark_failed(job.p, job.error or message)
+
+
+def _mark_failed(p: Any, message: str) -> None:
+    setattr(p, ERROR_ATTR, message)
+    p.extra_generation_params[KEY_ERROR] = message
+    p.comment(f"Safe denoiser: {message} The images were withheld.")
+    shared.state.interrupt()
+
+
+# ---------------------------------------------------------------------------------- the model
+def model_problem(model: Any) -> str | None:
+    """Why this model cannot be steered, or None."""
+    if getattr(model, "is_sd3", False):
+        return "SD3 models (16-channel latents) are not supported yet; disable the safe denoiser for them."
+    if getattr(model, "cond_stage_key", None) == "edit":
+        return "instruct-pix2pix (edit) models are not supported; disable the safe denoiser for them."
+    if getattr(model, "alphas_cumprod", None) is None:
+        return "this model has no DDPM noise schedule (alphas_cumprod) to map the window onto."
+    return None
+
+
+def vae_id(model: Any) -> str:
+    """The identity the bank latents are cached under: model family and the VAE in use."""
+    from modules import sd_vae
+
+    family = "sdxl" if getattr(model, "is_sdxl", False) else "sd2" if getattr(model, "is_sd2", False) else "sd1"
+    vae_file = getattr(sd_vae, "loaded_vae_file", None)
+    if vae_file:
+        return f"{family}-vae-{os.path.basename(vae_file)}"
+    info = getattr(model, "sd_checkpoint_info", None)
+    ident = getattr(model, "sd_model_hash", None) or getattr(info, "model_name", None) or "unknown"
+    return f"{family}-ckpt-{ident}"
+
+
+def encoder_for(model: Any):
+    """Pixels [n, 3, H, W] in [0, 1] -> scaled latents, with the full VAE of ``model``."""
+
+    def encode(img01: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return sd_samplers_common.images_tensor_to_samples(img01, 0, model).float().cpu()
+
+    return encode
+
+
+def _progress(done: int, total: int) -> None:
+    shared.state.textinfo = f"Safe denoiser: encoding bank images {done}/{total}"
+
+
+# ---------------------------------------------------------------------------------- the script
+class SafeDenoiserScript(scripts.Script):
+    def title(self) -> str:
+        return TITLE
+
+    def show(self, is_img2img: bool) -> Any:
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img: bool) -> list[Any]:
+        labels = {f.name: f.label for f in FIELDS}
+        d = SafeDenoiserArgs()
+        with InputAccordion(False, label=TITLE, elem_id=self.elem_id("enabled")) as enabled:
+            with gr.Row():
+                bank = gr.Dropdown(label=labels["bank"], choices=STORE.names(), value="", elem_id=self.elem_id("bank"))
+                refresh = gr.Button(value="\U0001f504", elem_classes=["tool"], elem_id=self.elem_id("refresh"))
+                preset = gr.Dropdown(label=labels["preset"], choices=preset_names(), value=DEFAULT_PRESET,
+                                     elem_id=self.elem_id("preset"))
+            with gr.Row():
+                mode = gr.Radio(label=labels["mode"], choices=list(MODES), value=d.mode, elem_id=self.elem_id("mode"))
+                strength = gr.Slider(label=labels["strength"], minimum=0.0, maximum=3.0, step=0.01,
+                                     value=d.strength, elem_id=self.elem_id("strength"))
+            with gr.Row():
+                window_start = gr.Slider(label=labels["window_start"], minimum=0.0, maximum=1.0, step=0.01,
+                                         value=d.window_start, elem_id=self.elem_id("window_start"))
+                window_end = gr.Slider(label=labels["window_end"], minimum=0.0, maximum=1.0, step=0.01,
+                                       value=d.window_end, elem_id=self.elem_id("window_end"))
+            with gr.Accordion("Advanced", open=False):
+                with gr.Row():
+                    reference_bank = gr.Dropdown(label=labels["reference_bank"], choices=STORE.names(), value="",
+                                                 elem_id=self.elem_id("reference_bank"))
+                    prior = gr.Slider(label=labels["prior"], minimum=0.001, maximum=0.999, step=0.001,
+                                      value=d.prior, elem_id=self.elem_id("prior"))
+                with gr.Row():
+                    bandwidth = gr.Slider(label=labels["bandwidth"], minimum=0.05, maximum=30.0, step=0.05,
+                                          value=d.bandwidth, elem_id=self.elem_id("bandwidth"))
+                    gate = gr.Checkbox(label=labels["gate"], value=d.gate, elem_id=self.elem_id("gate"))
+                    gate_margin = gr.Slider(label=labels["gate_margin"], minimum=0.0, maximum=10.0, step=0.05,
+                                            value=d.gate_margin, elem_id=self.elem_id("gate_margin"))
+            with gr.Accordion("Diagnostics of the last generation", open=False):
+                show = gr.Button(value="Show", elem_id=self.elem_id("show_diagnostics"))
+                summary = gr.Markdown(value="")
+                with gr.Row():
+                    plot = gr.Image(label="beta and distance to the bank per step", interactive=False,
+                                    elem_id=self.elem_id("plot"))
+                    nearest = gr.Gallery(label="Nearest bank images", columns=4, elem_id=self.elem_id("nearest"))
+
+        recipe_outputs = [mode, strength, bandwidth, gate, window_start, window_end]
+        preset.change(fn=preset_updates, inputs=[preset], outputs=recipe_outputs, show_progress=False)
+        refresh.click(fn=lambda: [gr.update(choices=STORE.names())] * 2, inputs=[], outputs=[bank, reference_bank],
+                      show_progress=False)
+        show.click(fn=lambda: diagnostics(is_img2img), inputs=[], outputs=[summary, plot, nearest])
+
+        components = [enabled, bank, preset, mode, strength, window_start, window_end, reference_bank, prior,
+                      bandwidth, gate, gate_margin]
+        by_field = dict(zip((f.name for f in FIELDS), components, strict=True))
+        self.infotext_fields = [(by_field[name], _paste(name)) for name, _ in INFOTEXT_FIELDS]
+        return components
+
+    # -- the job's life: before_process -> process -> (process_before_every_sampling, sampling,
+    #    postprocess_batch_list) per batch and pass -> postprocess
+    def before_process(self, p: Any, *args: Any) -> None:
+        unregister_callbacks()  # whatever a job that died left behind
+
+    def process(self, p: Any, *args: Any) -> None:
+        try:
+            a = SafeDenoiserArgs.from_script_args(args)
+            overrides = getattr(p, XYZ_ATTR, None)
+            if overrides:
+                a = SafeDenoiserArgs.from_dict({**a.as_dict(), **overrides})
+        except ArgsError as e:
+            _mark_failed(p, f"bad arguments: {e}.")
+            return
+        if not a.enabled:
+            return
+        problem = model_problem(p.sd_model)
+        try:
+            if problem:
+                raise SafeDenoiserError(problem)
+            bank = STORE.get(a.bank)
+            reference = STORE.get(a.reference_bank) if a.mode == "odds" else None
+        except SafeDenoiserError as e:
+            _mark_failed(p, f"{e}")
+            return
+        job = Job(a.settled(), bank, reference, p=p)
+        setattr(p, JOB_ATTR, job)
+        p.extra_generation_params.update(job.infotext())
+        register_callbacks(job)
+
+    def process_before_every_sampling(self, p: Any, *args: Any, **kwargs: Any) -> None:
+        job: Job | None = getattr(p, JOB_ATTR, None)
+        if job is None or job.error is not None:
+            return
+        hires = bool(getattr(p, "is_hr_pass", False))
+        if hires and not option(OPT_STEER_HIRES, True):
+            job.start_pass(None, new_image=False)
+            return
+        x = kwargs["x"]
+        try:
+            safe = FACTORY.build(job, alphas_cumprod=p.sd_model.alphas_cumprod, encoder=encoder_for(p.sd_model),
+                                 vae_id=vae_id(p.sd_model), latent_shape=tuple(x.shape[1:]),
+                                 batch_size=int(option(OPT_ENCODE_BATCH, 4)), progress=_progress)
+        except Exception as e:  # noqa: BLE001 - a bad bank must not crash or pass unsteered
+            fail_job(job, f"cannot prepare bank {job.bank.name!r}: {e}")
+            return
+        job.start_pass(safe, new_image=not hires)
+
+    def postprocess_batch_list(self, p: Any, pp: scripts.PostprocessBatchListArgs, *args: Any, **kwargs: Any) -> None:
+        job: Job | None = getattr(p, JOB_ATTR, None)
+        if job is not None:
+            p.extra_generation_params.update(job.infotext())
+        if getattr(p, ERROR_ATTR, None) is not None:
+            pp.images.clear()
+
+    def postprocess(self, p: Any, processed: Any, *args: Any) -> None:
+        job: Job | None = getattr(p, JOB_ATTR, None)
+        unregister_callbacks()
+        if job is not None:
+            job.steering = None
+            LAST_JOBS[bool(getattr(p, "is_img2img", False))] = job
+
+
+# ---------------------------------------------------------------------------------- UI helpers
+def preset_updates(name: str) -> list[Any]:
+    """Component updates for a chosen preset (nothing changes for "custom")."""
+    if name not in PRESETS:
+        return [gr.update()] * 6
+    f = preset_fields(name)
+    return [gr.update(value=f[k]) for k in ("mode", "strength", "bandwidth", "gate", "window_start", "window_end")]
+
+
+def _paste(field: str):
+    def read(params: dict[str, Any]) -> Any:
+        return from_infotext(params).get(field)
+
+    return read
+
+
+def diagnostics(is_img2img: bool) -> tuple[str, Any, list[Any]]:
+    """(summary, plot, nearest bank images) of the last job on this tab."""
+    job = LAST_JOBS.get(is_img2img)
+    if job is None:
+        return "No generation with the safe denoiser yet.", None, []
+    s = job.trace.summary()
+    text = (f"Bank **{job.bank.name}** ({job.bank.short_hash}), mode {job.args.mode}: acted on "
+            f"{s.acted_steps}/{s.total_steps} steps, max beta {s.max_beta:.3g}.")
+    if job.error:
+        text += f"\n\nError: {job.error}"
+    try:
+        paths = STORE.image_paths(job.bank.name)
+        nearest = [str(paths[i]) for i in job.trace.nearest_indices(4) if i < len(paths)]
+    except SafeDenoiserError:
+        nearest = []
+    return text, job.trace.plot_image() if job.trace.steps else None, nearest
+
+
+def on_script_unloaded() -> None:
+    unregister_callbacks()
+    FACTORY.clear()
+
+
+
+# ---------------------------------------------------------------------------------- settings, XYZ, REST
+SECTION = ("safe_denoiser", "Safe Denoiser")
+
+
+def on_ui_settings() -> None:
+    shared.opts.add_option(OPT_STEER_HIRES, shared.OptionInfo(
+        True, "Steer the hires-fix pass too (its latents are larger: the bank is encoded once more)", section=SECTION))
+    shared.opts.add_option(OPT_ENCODE_BATCH, shared.OptionInfo(
+        4, "Bank images per VAE call when encoding a bank", gr.Slider, {"minimum": 1, "maximum": 32, "step": 1},
+        section=SECTION))
+
+
+def _override(field: str, convert: Any):
+    def apply(p: Any, x: Any, xs: Any) -> None:
+        setattr(p, XYZ_ATTR, {**(getattr(p, XYZ_ATTR, None) or {}), field: convert(x)})
+
+    return apply
+
+
+def _as_bool(x: Any) -> bool:
+    return str(x).strip().lower() in ("true", "1", "yes", "on")
+
+
+def add_xyz_axes() -> None:
+    """Register the axes with the built-in X/Y/Z plot script, if it is loaded."""
+    xyz = next((d.module for d in scripts.scripts_data
+                if d.script_class.__module__ in ("xyz_grid.py", "scripts.xyz_grid") and hasattr(d, "module")), None)
+    if xyz is None:
+        return
+    axes = [
+        xyz.AxisOption("[Safe Denoiser] Enabled", str, _override("enabled", _as_bool),
+                       choices=lambda: ["True", "False"]),
+        xyz.AxisOption("[Safe Denoiser] Strength", float, _override("strength", float)),
+        xyz.AxisOption("[Safe Denoiser] Bank", str, _override("bank", str), choices=STORE.names),
+        xyz.AxisOption("[Safe Denoiser] Mode", str, _override("mode", str), choices=lambda: list(MODES)),
+        xyz.AxisOption("[Safe Denoiser] Window start", float, _override("window_start", float)),
+        xyz.AxisOption("[Safe Denoiser] Window end", float, _override("window_end", float)),
+    ]
+    known = {a.label for a in xyz.axis_options}
+    xyz.axis_options.extend(a for a in axes if a.label not in known)
+
+
+def on_app_started(demo: Any, app: Any) -> None:
+    """Check alwayson_scripts args of generation requests (422 naming the field)."""
+    if any(m.cls is ArgsValidationMiddleware for m in app.user_middleware):
+        return
+    app.middleware_stack = None  # as the WebUI does itself: rebuilt with ours on the next request
+    app.add_middleware(ArgsValidationMiddleware)
+
+
+script_callbacks.on_script_unloaded(on_script_unloaded)
+script_callbacks.on_ui_settings(on_ui_settings)
+script_callbacks.on_before_ui(add_xyz_axes)
+script_callbacks.on_app_started(on_app_started)
