@@ -1,0 +1,57 @@
+"""End-to-end tests against a live WebUI: set SD_WEBUI_URL (and SD_WEBUI_DATA_DIR, its --data-dir).
+
+Skipped when SD_WEBUI_URL is unset. The banks the tests use are created in
+``$SD_WEBUI_DATA_DIR/safe_denoiser`` with the bank store, as ``python -m lib_safe_denoiser bank add``
+would; the WebUI must have this extension installed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lib_safe_denoiser.bank_store import BankStore
+from lib_safe_denoiser.cli import STORE_SUBDIR
+
+URL = os.environ.get("SD_WEBUI_URL", "").rstrip("/")
+DATA_DIR = os.environ.get("SD_WEBUI_DATA_DIR", "")
+
+pytestmark = pytest.mark.e2e
+
+
+def pytest_collection_modifyitems(config, items):
+    if URL:
+        return
+    skip = pytest.mark.skip(reason="SD_WEBUI_URL is not set: no live WebUI to test against")
+    for item in items:
+        if "tests/e2e" in str(item.fspath).replace(os.sep, "/"):
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def webui():
+    import httpx
+
+    if not DATA_DIR:
+        pytest.fail("SD_WEBUI_DATA_DIR must name the WebUI's --data-dir so the tests can create their banks")
+    client = httpx.Client(base_url=URL, timeout=600)
+    scripts = client.get("/sdapi/v1/scripts").json()
+    assert "safe denoiser" in scripts["txt2img"], "the extension is not loaded in this WebUI"
+    return client
+
+
+@pytest.fixture(scope="session")
+def banks(tmp_path_factory):
+    """A negation bank and a safe reference bank of random-noise pictures (any pictures do for plumbing)."""
+    store = BankStore(Path(DATA_DIR) / STORE_SUBDIR)
+    rng = np.random.default_rng(0)
+    for name, n in (("e2e-unsafe", 4), ("e2e-reference", 6)):
+        folder = tmp_path_factory.mktemp(name)
+        for i in range(n):
+            Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
+        store.add_folder(name, folder, overwrite=True)
+    return {"bank": "e2e-unsafe", "reference": "e2e-reference"}
