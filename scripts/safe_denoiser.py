@@ -313,7 +313,7 @@ class SafeDenoiserScript(scripts.Script):
         job: Job | None = getattr(p, JOB_ATTR, None)
         unregister_callbacks()
         if job is not None:
-            job.steering = None
+            job.steering, job.p = None, None  # keep the diagnostics, not the job's tensors
             LAST_JOBS[bool(getattr(p, "is_img2img", False))] = job
 
 
