@@ -85,40 +85,41 @@ def _cond_scale(denoiser: Any, sigma0: float) -> float:
     return p.cfg_scale * denoiser.cond_scale_miltiplier
 
 
-def on_cfg_denoiser(params: script_callbacks.CFGDenoiserParams) -> None:
-    job = _serving(params.denoiser)
-    if job is None:
-        return
-    try:
-        _Active.denoiser = params.denoiser
-        job.steering.capture(params.x, params.sigma)
-    except Exception as e:  # noqa: BLE001 - the WebUI would only log it: fail the job closed
-        fail_job(job, f"steering failed: {e}")
+def _step_callback(body):
+    """A CFG callback that acts only for the job it serves; any failure fails that job closed
+    (the WebUI would only log it)."""
+
+    def callback(params: Any) -> None:
+        denoiser = getattr(params, "denoiser", None) or _Active.denoiser
+        job = _serving(denoiser)
+        if job is None:
+            return
+        try:
+            body(params, job, denoiser)
+        except Exception as e:  # noqa: BLE001
+            fail_job(job, f"steering failed: {e}")
+
+    callback.__name__ = body.__name__
+    return callback
 
 
-def on_cfg_denoised(params: script_callbacks.CFGDenoisedParams) -> None:
-    denoiser = _Active.denoiser
-    job = _serving(denoiser)
-    if job is None or denoiser is None:
-        return
-    try:
-        conds_list, _ = prompt_parser.reconstruct_multicond_batch(denoiser.sampler.sampler_extra_args["cond"],
-                                                                  denoiser.step)
-        scale = _cond_scale(denoiser, job.steering.sigma0)
-        job.steering.steer_outputs_(params.x, conds_list, scale, _alphas_for(denoiser))
-    except Exception as e:  # noqa: BLE001
-        fail_job(job, f"steering failed: {e}")
+@_step_callback
+def on_cfg_denoiser(params: script_callbacks.CFGDenoiserParams, job: Job, denoiser: Any) -> None:
+    _Active.denoiser = denoiser
+    job.steering.capture(params.x, params.sigma)
 
 
-def on_cfg_after_cfg(params: script_callbacks.AfterCFGCallbackParams) -> None:
-    denoiser = _Active.denoiser
-    job = _serving(denoiser)
-    if job is None or denoiser is None:
-        return
-    try:
-        params.x = job.steering.steer_combined(params.x, _alphas_for(denoiser))
-    except Exception as e:  # noqa: BLE001
-        fail_job(job, f"steering failed: {e}")
+@_step_callback
+def on_cfg_denoised(params: script_callbacks.CFGDenoisedParams, job: Job, denoiser: Any) -> None:
+    conds_list, _ = prompt_parser.reconstruct_multicond_batch(denoiser.sampler.sampler_extra_args["cond"],
+                                                              denoiser.step)
+    scale = _cond_scale(denoiser, job.steering.sigma0)
+    job.steering.steer_outputs_(params.x, conds_list, scale, _alphas_for(denoiser))
+
+
+@_step_callback
+def on_cfg_after_cfg(params: script_callbacks.AfterCFGCallbackParams, job: Job, denoiser: Any) -> None:
+    params.x = job.steering.steer_combined(params.x, _alphas_for(denoiser))
 
 
 _CALLBACKS = (
