@@ -55,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=None, help=_DATA_DIR_HELP)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_bank_commands(commands)
+    _add_demo_command(commands)
     # More command groups go here, each a function like _add_bank_commands(commands) whose leaf
-    # parsers set_defaults(handler=...) returning an exit code; e.g. `demo`.
+    # parsers set_defaults(handler=...) returning an exit code.
     return parser
 
 
@@ -178,6 +179,60 @@ def _bank_delete(args: argparse.Namespace) -> int:
 def _bank_gc(args: argparse.Namespace) -> int:
     removed = store_for(args).gc(grace_s=max(0.0, args.grace))
     print(f"removed {removed} unused files or caches")
+    return 0
+
+
+def _add_demo_command(commands: argparse._SubParsersAction) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="standalone demo: negate one digit on the bundled 8x8 digits model (no WebUI)",
+        description="Sample the bundled digits model with and without the safe denoiser from the same noise, "
+        "negating one digit; writes <out>/grid.png and <out>/metrics.json.",
+    )
+    demo.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
+    demo.add_argument("--digit", type=int, default=7, choices=range(10), metavar="0..9",
+                      help="the digit to negate (default: 7)")
+    demo.add_argument("--samples", type=_positive_int, default=10000, help="samples per run (default: 10000)")
+    demo.add_argument("--mode", choices=("odds", "paper", "constant"), default="odds",
+                      help="how beta is estimated (default: odds); the settings are the demo's per-mode ones")
+    demo.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    demo.add_argument("--steps", type=_positive_int, default=32, help="Euler steps (default: 32)")
+    demo.add_argument("--bank-size", type=_positive_int, default=60,
+                      help="images of the digit in the negation set (default: 60)")
+    demo.add_argument("--bank-source", choices=("train", "heldout"), default="train",
+                      help="draw the negation set from the training images or the held-out ones (default: train)")
+    demo.add_argument("--threads", type=_positive_int, default=None,
+                      help="torch CPU threads (default: torch's choice)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    demo.set_defaults(handler=_demo)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import torch  # the demo's imports (torch, sklearn) stay out of the bank commands
+
+    from lib_safe_denoiser.demo.run import DemoOptions, run_demo, summary
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    opts = DemoOptions(out=args.out, digit=args.digit, samples=args.samples, mode=args.mode, seed=args.seed,
+                       steps=args.steps, bank_size=args.bank_size, bank_source=args.bank_source,
+                       progress=not args.no_progress)
+    try:
+        metrics = run_demo(opts)
+    except ValueError as e:  # e.g. a bank larger than the images of the digit
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary(metrics, args.out))
     return 0
 
 
