@@ -74,6 +74,14 @@ def test_hires_fix_is_steered(webui, banks):
     assert total == 6 + 3  # both passes were steered
 
 
+def test_batch_count_every_batch_steered(webui, banks):
+    plain, _ = txt2img(webui, n_iter=2)
+    steered, info = txt2img(webui, [steer(banks)], n_iter=2)
+    assert len(steered) == 5  # a grid and 2 x 2 images
+    assert all(not same([a], [b]) for a, b in zip(plain[1:], steered[1:], strict=True))
+    assert all("Safe denoiser acted: 6/6" in text for text in info["infotexts"][1:])
+
+
 def test_img2img_inpainting(webui, banks):
     init = base64.b64encode(_png(np.full((64, 64, 3), 128, np.uint8))).decode()
     mask_px = np.zeros((64, 64), np.uint8)
