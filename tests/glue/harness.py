@@ -87,7 +87,9 @@ def picture_latent(model: TinyModel, prompt: int, hw: tuple[int, int]) -> torch.
 class InnerModel(torch.nn.Module):
     """x0 prediction of a Gaussian N(latent of the prompt's picture, SIGMA_DATA^2) at noise level sigma."""
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
+        if isinstance(cond, dict):  # SDXL: {"crossattn": ..., "vector": ...}
+            cond = cond["crossattn"]
         target = torch.stack([picture_latent(shared.sd_model, int(c[0, 0]), tuple(x.shape[-2:])) for c in cond])
         s2 = sigma.reshape(-1, 1, 1, 1) ** 2
         return (SIGMA_DATA**2 * x + s2 * target) / (s2 + SIGMA_DATA**2)
@@ -101,7 +103,7 @@ class InnerEpsModel(torch.nn.Module):
         self.alphas = alphas
         self.x0_model = InnerModel()
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
         a = self.alphas[t.to(int)].reshape(-1, 1, 1, 1)
         sigma = ((1 - a) / a).sqrt()
         x0 = self.x0_model(x / a.sqrt(), sigma.flatten(), cond)
@@ -132,9 +134,14 @@ class Processing:
         self.comments[text] = 1
 
 
-def prompt_cond(prompt: int) -> torch.Tensor:
+SDXL_CONDS = False
+"""Whether prompts are embedded as SDXL's dicts (crossattn and pooled vector) instead of tensors."""
+
+
+def prompt_cond(prompt: int) -> Any:
     """A prompt's embedding [tokens=2, dim=12]; the model reads the prompt's id from it."""
-    return torch.full((2, 12), float(prompt))
+    crossattn = torch.full((2, 12), float(prompt))
+    return {"crossattn": crossattn, "vector": torch.full((6,), float(prompt))} if SDXL_CONDS else crossattn
 
 
 def multicond(prompts: list[list[tuple[int, float]]]) -> prompt_parser.MulticondLearnedConditioning:

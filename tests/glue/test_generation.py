@@ -183,3 +183,27 @@ def test_unload_removes_callbacks(script, glue):
     script.process(harness.Processing(sd_model=shared.sd_model), *odds())
     script_callbacks.script_unloaded_callback()
     assert our_callbacks(glue) == []
+
+
+def test_sdxl_conditioning_and_cache_key(script, glue, monkeypatch):
+    """SDXL passes dict conditioning through the CFG denoiser; its latents are cached apart."""
+    plain = harness.run_job(None, [], prompts=[[(1, 1.0)], [(2, 0.6), (1, 0.4)]])
+    shared.sd_model = harness.TinyModel(is_sd1=False, is_sdxl=True)
+    monkeypatch.setattr(harness, "SDXL_CONDS", True)
+    assert glue.vae_id(shared.sd_model).startswith("sdxl-")
+    steered = harness.run_job(script, odds(), prompts=[[(1, 1.0)], [(2, 0.6), (1, 0.4)]])
+    assert KEY_ERROR not in steered.p.extra_generation_params and len(steered.images) == 2
+    assert bank_distance(glue, steered.samples)[0] > bank_distance(glue, plain.samples)[0] + 0.5
+    assert glue.STORE.has_latents("unsafe", glue.vae_id(shared.sd_model), (8, 8))
+
+
+def test_fork_without_cfg_denoised_is_steered_after_cfg(script, glue, monkeypatch):
+    """Forks that never fire on_cfg_denoised (Forge) still get the final image steered, once."""
+    from modules import sd_samplers_cfg_denoiser
+
+    both = harness.run_job(script, odds())
+    monkeypatch.setattr(sd_samplers_cfg_denoiser, "cfg_denoised_callback", lambda params: None)
+    fallback = harness.run_job(script, odds())
+    assert KEY_ERROR not in fallback.p.extra_generation_params
+    torch.testing.assert_close(fallback.samples, both.samples, rtol=1e-5, atol=1e-5)
+    assert fallback.p.extra_generation_params[KEY_ACTED] == both.p.extra_generation_params[KEY_ACTED]

@@ -24,16 +24,34 @@ class MulticondLearnedConditioning:
         self.batch: list[list[ComposableScheduledPromptConditioning]] = batch
 
 
+class DictWithShape(dict):
+    """SDXL's conditioning: {"crossattn": [B, T, D], "vector": [B, V]} that reports the crossattn shape."""
+
+    def __init__(self, x, shape=None):
+        super().__init__()
+        self.update(x)
+
+    @property
+    def shape(self):
+        return self["crossattn"].shape
+
+
+def _stack(tensors):
+    if isinstance(tensors[0], dict):
+        return DictWithShape({k: torch.stack([t[k] for t in tensors]) for k in tensors[0]})
+    return torch.stack(tensors)
+
+
 def reconstruct_cond_batch(c: list[list[ScheduledPromptConditioning]], current_step):
-    res = torch.zeros((len(c),) + c[0][0].cond.shape, dtype=c[0][0].cond.dtype)
-    for i, cond_schedule in enumerate(c):
+    picked = []
+    for cond_schedule in c:
         target_index = 0
         for current, entry in enumerate(cond_schedule):
             if current_step <= entry.end_at_step:
                 target_index = current
                 break
-        res[i] = cond_schedule[target_index].cond
-    return res
+        picked.append(cond_schedule[target_index].cond)
+    return _stack(picked)
 
 
 def reconstruct_multicond_batch(c: MulticondLearnedConditioning, current_step):
@@ -50,4 +68,4 @@ def reconstruct_multicond_batch(c: MulticondLearnedConditioning, current_step):
             conds_for_batch.append((len(tensors), composable_prompt.weight))
             tensors.append(composable_prompt.schedules[target_index].cond)
         conds_list.append(conds_for_batch)
-    return conds_list, torch.stack(tensors)
+    return conds_list, _stack(tensors)

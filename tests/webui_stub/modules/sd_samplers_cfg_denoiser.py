@@ -22,6 +22,12 @@ from modules.script_callbacks import (
 from modules.shared import opts, state
 
 
+def catenate_conds(conds):
+    if not isinstance(conds[0], dict):
+        return torch.cat(conds)
+    return {key: torch.cat([x[key] for x in conds]) for key in conds[0]}
+
+
 class CFGDenoiser(torch.nn.Module):
     def __init__(self, sampler):
         super().__init__()
@@ -88,7 +94,7 @@ class CFGDenoiser(torch.nn.Module):
             x_in = x_in[:-batch_size]
             sigma_in = sigma_in[:-batch_size]
 
-        cond_in = tensor if skip_uncond else torch.cat([tensor, uncond])
+        cond_in = tensor if skip_uncond else catenate_conds([tensor, uncond])
         x_out = self.inner_model(x_in, sigma_in, cond=cond_in)
 
         denoised_image_indexes = [x[0][0] for x in conds_list]
