@@ -10,7 +10,6 @@ callback never acts on another job's processing object.
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
@@ -28,8 +27,6 @@ from lib_safe_denoiser.errors import SafeDenoiserError
 from lib_safe_denoiser.infotext import INFOTEXT_FIELDS, KEY_ERROR, from_infotext
 from lib_safe_denoiser.job import DenoiserFactory, Job
 from lib_safe_denoiser.presets import DEFAULT_PRESET, PRESETS, preset_fields, preset_names
-
-logger = logging.getLogger(__name__)
 
 TITLE = "Safe Denoiser"
 XYZ_ATTR = "safe_denoiser_xyz"
