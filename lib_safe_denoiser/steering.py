@@ -64,7 +64,8 @@ class Steering:
 
     @property
     def sigma0(self) -> float:
-        """The captured step's first noise level (a DDPM timestep for timestep samplers)."""
+        """The captured step's noise level, read from its last row (every image of a step shares it;
+        a DDPM timestep for timestep samplers)."""
         return float(self._require().sigma_in[-1])
 
     def _require(self) -> _Captured:
