@@ -11,9 +11,9 @@ The public API, stable for other extensions and notebooks::
 Nothing here imports the Stable Diffusion WebUI.
 """
 
-from lib_safe_denoiser.config import MODES, SafeDenoiserConfig
-from lib_safe_denoiser.denoiser import Diagnostics, SafeDenoiser
-from lib_safe_denoiser.schedules import (
+from lib_safe_denoiser.core.config import MODES, SafeDenoiserConfig
+from lib_safe_denoiser.core.denoiser import Diagnostics, SafeDenoiser
+from lib_safe_denoiser.core.schedules import (
     eps_to_x0,
     karras_sigmas,
     sigma_to_timestep,

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lib_safe_denoiser.bank_store import BankStore, find_images
+from lib_safe_denoiser.banks.store import BankStore, find_images
 from lib_safe_denoiser.errors import SafeDenoiserError
 
 DATA_DIR_ENV = "SD_WEBUI_DATA_DIR"

@@ -18,15 +18,15 @@ import torch
 from modules import paths_internal, prompt_parser, script_callbacks, scripts, sd_samplers_common, shared
 from modules.ui_components import InputAccordion
 
-from lib_safe_denoiser.api_validation import ArgsValidationMiddleware
-from lib_safe_denoiser.args import FIELDS, ArgsError, SafeDenoiserArgs
-from lib_safe_denoiser.bank_store import BankStore
+from lib_safe_denoiser.banks.store import BankStore
 from lib_safe_denoiser.cli import STORE_SUBDIR
-from lib_safe_denoiser.config import MODES
+from lib_safe_denoiser.core.config import MODES
 from lib_safe_denoiser.errors import SafeDenoiserError
-from lib_safe_denoiser.infotext import INFOTEXT_FIELDS, KEY_ERROR, from_infotext
-from lib_safe_denoiser.job import DenoiserFactory, Job
-from lib_safe_denoiser.presets import DEFAULT_PRESET, PRESETS, preset_fields, preset_names
+from lib_safe_denoiser.generation.api_validation import ArgsValidationMiddleware
+from lib_safe_denoiser.generation.args import FIELDS, ArgsError, SafeDenoiserArgs
+from lib_safe_denoiser.generation.infotext import INFOTEXT_FIELDS, KEY_ERROR, from_infotext
+from lib_safe_denoiser.generation.job import DenoiserFactory, Job
+from lib_safe_denoiser.presets.builtin import DEFAULT_PRESET, PRESETS, preset_fields, preset_names
 
 TITLE = "Safe Denoiser"
 XYZ_ATTR = "safe_denoiser_xyz"

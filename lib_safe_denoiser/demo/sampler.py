@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from lib_safe_denoiser.schedules import karras_sigmas
+from lib_safe_denoiser.core.schedules import karras_sigmas
 
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
 Correction = Callable[[torch.Tensor, float, torch.Tensor], torch.Tensor]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib_safe_denoiser.bank_store import BankStore
+from lib_safe_denoiser.banks.store import BankStore
 from lib_safe_denoiser.cli import STORE_SUBDIR
 
 URL = os.environ.get("SD_WEBUI_URL", "").rstrip("/")

@@ -19,7 +19,7 @@ from modules.sd_samplers_cfg_denoiser import CFGDenoiser
 from modules.sd_samplers_timesteps import CFGDenoiserTimesteps
 from PIL import Image
 
-from lib_safe_denoiser.schedules import karras_sigmas
+from lib_safe_denoiser.core.schedules import karras_sigmas
 
 CHANNELS = 4
 SIGMA_DATA = 0.05

@@ -6,7 +6,7 @@ import pytest
 import torch
 from modules import errors, shared
 
-from lib_safe_denoiser.infotext import KEY_ACTED, KEY_BANK, KEY_ERROR, KEY_HASH, KEY_MODE
+from lib_safe_denoiser.generation.infotext import KEY_ACTED, KEY_BANK, KEY_ERROR, KEY_HASH, KEY_MODE
 from tests.glue import harness
 from tests.glue.conftest import our_callbacks
 
@@ -157,7 +157,7 @@ def test_failure_inside_a_callback_interrupts_and_withholds(script, glue, monkey
     def broken(*a, **k):
         raise RuntimeError("boom")
 
-    from lib_safe_denoiser import steering
+    from lib_safe_denoiser.generation import steering
 
     monkeypatch.setattr(steering.Steering, "steer_outputs_", broken)
     res = harness.run_job(script, odds())

@@ -10,9 +10,9 @@ from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from modules import script_callbacks, scripts, shared
 
-from lib_safe_denoiser.args import FIELDS, SafeDenoiserArgs
-from lib_safe_denoiser.infotext import to_infotext
-from lib_safe_denoiser.presets import preset_fields
+from lib_safe_denoiser.generation.args import FIELDS, SafeDenoiserArgs
+from lib_safe_denoiser.generation.infotext import to_infotext
+from lib_safe_denoiser.presets.builtin import preset_fields
 
 
 def build_ui(script, is_img2img=False):

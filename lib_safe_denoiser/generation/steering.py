@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from lib_safe_denoiser.denoiser import SafeDenoiser
-from lib_safe_denoiser.hook_math import CondsList, correction_delta, steer_rows_
-from lib_safe_denoiser.trace import GenerationTrace
+from lib_safe_denoiser.core.denoiser import SafeDenoiser
+from lib_safe_denoiser.generation.cfg_rows import CondsList, correction_delta, steer_rows_
+from lib_safe_denoiser.generation.trace import GenerationTrace
 
 
 @dataclass

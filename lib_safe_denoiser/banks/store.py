@@ -45,14 +45,15 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_save
 
-from lib_safe_denoiser.bank_files import (
+from lib_safe_denoiser.banks.encode import LATENT_DOWNSCALE, check_latents, encode_images
+from lib_safe_denoiser.banks.files import (
     TEMP_PREFIX,
     atomic_copy,
     atomic_write_bytes,
     safe_component,
     sha256_file,
 )
-from lib_safe_denoiser.bank_inputs import (
+from lib_safe_denoiser.banks.inputs import (
     IMAGE_EXTENSIONS,
     MAX_DESCRIPTION_LEN,
     ImageInput,
@@ -62,7 +63,6 @@ from lib_safe_denoiser.bank_inputs import (
     stage_all,
     validate_bank_name,
 )
-from lib_safe_denoiser.encode import LATENT_DOWNSCALE, check_latents, encode_images
 from lib_safe_denoiser.errors import BankError, BankNotFoundError
 
 __all__ = [

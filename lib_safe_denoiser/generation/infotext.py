@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lib_safe_denoiser.args import SafeDenoiserArgs
+from lib_safe_denoiser.generation.args import SafeDenoiserArgs
 
 PREFIX = "Safe denoiser"
 KEY_BANK = PREFIX

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lib_safe_denoiser.args import SafeDenoiserArgs
-from lib_safe_denoiser.bank_store import BankInfo, BankStore
-from lib_safe_denoiser.config import SafeDenoiserConfig
-from lib_safe_denoiser.denoiser import SafeDenoiser
-from lib_safe_denoiser.infotext import KEY_ERROR, to_infotext
-from lib_safe_denoiser.steering import Steering
-from lib_safe_denoiser.trace import GenerationTrace
+from lib_safe_denoiser.banks.store import BankInfo, BankStore
+from lib_safe_denoiser.core.config import SafeDenoiserConfig
+from lib_safe_denoiser.core.denoiser import SafeDenoiser
+from lib_safe_denoiser.generation.args import SafeDenoiserArgs
+from lib_safe_denoiser.generation.infotext import KEY_ERROR, to_infotext
+from lib_safe_denoiser.generation.steering import Steering
+from lib_safe_denoiser.generation.trace import GenerationTrace
 
 logger = logging.getLogger(__name__)
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from lib_safe_denoiser.args import SafeDenoiserArgs
-from lib_safe_denoiser.infotext import INFOTEXT_FIELDS, TraceSummary, from_infotext, to_infotext
+from lib_safe_denoiser.generation.args import SafeDenoiserArgs
+from lib_safe_denoiser.generation.infotext import INFOTEXT_FIELDS, TraceSummary, from_infotext, to_infotext
 
 
 def test_round_trip_paper_and_odds():

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from lib_safe_denoiser.schedules import alpha_bar_at, eps_to_x0, timestep_to_sigma, vp_to_k
+from lib_safe_denoiser.core.schedules import alpha_bar_at, eps_to_x0, timestep_to_sigma, vp_to_k
 
 CondsList = Sequence[Sequence[tuple[int, float]]]
 """Per image, the (row index, weight) of each AND-subprompt, as the WebUI's prompt parser gives."""

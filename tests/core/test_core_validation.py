@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lib_safe_denoiser import SafeDenoiser, SafeDenoiserConfig, sigma_window_for_steps, timestep_to_sigma
-from lib_safe_denoiser.schedules import eps_to_x0, sigma_to_timestep, vp_to_k, x0_to_eps
+from lib_safe_denoiser.core.schedules import eps_to_x0, sigma_to_timestep, vp_to_k, x0_to_eps
 
 
 def test_shape_mismatch_names_both_shapes():

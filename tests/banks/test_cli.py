@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib_safe_denoiser.bank_store import BankStore
+from lib_safe_denoiser.banks.store import BankStore
 from lib_safe_denoiser.cli import DATA_DIR_ENV, default_data_dir, main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_folder(folder: Path, n: int, start: int = 0) -> Path:

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from lib_safe_denoiser.denoiser import Diagnostics
-from lib_safe_denoiser.infotext import TraceSummary
+from lib_safe_denoiser.core.denoiser import Diagnostics
+from lib_safe_denoiser.generation.infotext import TraceSummary
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from typing import Any
 
 from PIL import Image
 
-from lib_safe_denoiser.bank_files import is_windows_reserved
-from lib_safe_denoiser.encode import load_image
+from lib_safe_denoiser.banks.encode import load_image
+from lib_safe_denoiser.banks.files import is_windows_reserved
 from lib_safe_denoiser.errors import BankError
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp")

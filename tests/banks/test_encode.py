@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lib_safe_denoiser.encode import check_latents, encode_images, image_to_tensor01, load_image
+from lib_safe_denoiser.banks.encode import check_latents, encode_images, image_to_tensor01, load_image
 from lib_safe_denoiser.errors import BankError, SafeDenoiserError
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lib_safe_denoiser import SafeDenoiser, SafeDenoiserConfig
-from lib_safe_denoiser.kernel import gaussian_logits, kernel_stats, laplace_logits
+from lib_safe_denoiser.core.kernel import gaussian_logits, kernel_stats, laplace_logits
 
 
 def brute_force(x: torch.Tensor, bank: torch.Tensor, sigma: torch.Tensor):

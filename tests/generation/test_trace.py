@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from lib_safe_denoiser import SafeDenoiser, SafeDenoiserConfig
-from lib_safe_denoiser.trace import GenerationTrace
+from lib_safe_denoiser.generation.trace import GenerationTrace
 
 
 def test_trace_summarises_real_corrections_and_plots():

@@ -14,7 +14,7 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from lib_safe_denoiser.args import ArgsError, SafeDenoiserArgs
+from lib_safe_denoiser.generation.args import ArgsError, SafeDenoiserArgs
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

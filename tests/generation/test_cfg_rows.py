@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from lib_safe_denoiser import SafeDenoiser, SafeDenoiserConfig
-from lib_safe_denoiser.hook_math import combine_cfg, steer_rows_
-from lib_safe_denoiser.schedules import eps_to_x0, timestep_to_sigma, vp_to_k
+from lib_safe_denoiser.core.schedules import eps_to_x0, timestep_to_sigma, vp_to_k
+from lib_safe_denoiser.generation.cfg_rows import combine_cfg, steer_rows_
 
 ALPHAS = torch.cumprod(1 - torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2, 0)
 # image 0 has two AND-subprompts (rows 0, 1), image 1 one (row 2); uncond rows 3, 4

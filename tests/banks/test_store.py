@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from lib_safe_denoiser.bank_files import atomic_copy, sha256_file
-from lib_safe_denoiser.bank_store import BankInfo, BankStore, content_hash_of, validate_bank_name
-from lib_safe_denoiser.encode import image_to_tensor01, load_image
+from lib_safe_denoiser.banks.encode import image_to_tensor01, load_image
+from lib_safe_denoiser.banks.files import atomic_copy, sha256_file
+from lib_safe_denoiser.banks.store import BankInfo, BankStore, content_hash_of, validate_bank_name
 from lib_safe_denoiser.errors import BankError, BankNotFoundError, SafeDenoiserError
 
 
@@ -402,7 +402,7 @@ def test_damaged_cache_is_rebuilt_and_logged(store, tmp_path, caplog, damage):
             {"latents": torch.zeros(2, 4, 4, 4)}, str(cache), metadata={**meta, "content_hash": "0" * 64}
         )
     enc.images = 0
-    with caplog.at_level(logging.WARNING, logger="lib_safe_denoiser.bank_store"):
+    with caplog.at_level(logging.WARNING, logger="lib_safe_denoiser.banks.store"):
         again = store.latents("b", encoder=enc, vae_id="v", latent_hw=(4, 4))
     assert enc.images == 2 and torch.equal(again, good)
     assert "encoding again" in caplog.text

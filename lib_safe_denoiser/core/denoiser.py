@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lib_safe_denoiser.config import SafeDenoiserConfig
-from lib_safe_denoiser.kernel import KernelStats, gaussian_logits, kernel_stats, laplace_logits
+from lib_safe_denoiser.core.config import SafeDenoiserConfig
+from lib_safe_denoiser.core.kernel import KernelStats, gaussian_logits, kernel_stats, laplace_logits
 
 PAPER_EPS = 1e-8
 """The official recipe's denominator guard: E_u = sum k_n x_n / (sum k_n + 1e-8)."""

@@ -1,0 +1,1 @@
+"""Named bundles of argument values: the official recipes (read-only built-ins)."""
