@@ -1,4 +1,4 @@
-"""WebUI glue: the "Safe Denoiser" accordion, per-job CFG callbacks, infotext, settings, XYZ axes, REST checks.
+"""WebUI glue: the "Safe Denoiser" accordion, its per-job CFG callbacks and infotext.
 
 Everything here translates between the WebUI and ``lib_safe_denoiser``. The WebUI only logs
 exceptions raised by scripts and callbacks, so every failure is caught here and fails the job
@@ -10,34 +10,27 @@ callback never acts on another job's processing object.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import gradio as gr
 import torch
-from modules import paths_internal, prompt_parser, script_callbacks, scripts, sd_samplers_common, shared
+from modules import prompt_parser, script_callbacks, scripts, shared
 from modules.ui_components import InputAccordion
 
-from lib_safe_denoiser.banks.store import BankStore
-from lib_safe_denoiser.cli import STORE_SUBDIR
 from lib_safe_denoiser.core.config import MODES
 from lib_safe_denoiser.errors import SafeDenoiserError
-from lib_safe_denoiser.generation.api_validation import ArgsValidationMiddleware
 from lib_safe_denoiser.generation.args import FIELDS, ArgsError, SafeDenoiserArgs
 from lib_safe_denoiser.generation.infotext import INFOTEXT_FIELDS, KEY_ERROR, from_infotext
-from lib_safe_denoiser.generation.job import DenoiserFactory, Job
+from lib_safe_denoiser.generation.job import Job
 from lib_safe_denoiser.presets.builtin import DEFAULT_PRESET, PRESETS, preset_fields, preset_names
+from safe_denoiser_webui.model import encoder_for, model_problem, vae_id
+from safe_denoiser_webui.options import OPT_ENCODE_BATCH, OPT_STEER_HIRES, option
+from safe_denoiser_webui.services import FACTORY, STORE
+from safe_denoiser_webui.xyz import XYZ_ATTR
 
 TITLE = "Safe Denoiser"
-XYZ_ATTR = "safe_denoiser_xyz"
-"""Attribute of the processing object where XYZ-plot axes put the fields they override."""
 JOB_ATTR = "safe_denoiser_job"
 ERROR_ATTR = "safe_denoiser_error"
-OPT_STEER_HIRES = "safe_denoiser_steer_hires"
-OPT_ENCODE_BATCH = "safe_denoiser_encode_batch"
-
-STORE = BankStore(os.path.join(paths_internal.data_path, STORE_SUBDIR))
-FACTORY = DenoiserFactory(STORE)
 LAST_JOBS: dict[bool, Job] = {}
 """The last finished job per tab (is_img2img), for the diagnostics panel."""
 
@@ -47,10 +40,6 @@ class _Active:
 
     job: Job | None = None
     denoiser: Any = None
-
-
-def option(key: str, default: Any) -> Any:
-    return shared.opts.data.get(key, default)
 
 
 # ---------------------------------------------------------------------------------- callbacks
@@ -155,41 +144,6 @@ def _mark_failed(p: Any, message: str) -> None:
     shared.state.interrupt()
 
 
-# ---------------------------------------------------------------------------------- the model
-def model_problem(model: Any) -> str | None:
-    """Why this model cannot be steered, or None."""
-    if getattr(model, "is_sd3", False):
-        return "SD3 models (16-channel latents) are not supported yet; disable the safe denoiser for them."
-    if getattr(model, "cond_stage_key", None) == "edit":
-        return "instruct-pix2pix (edit) models are not supported; disable the safe denoiser for them."
-    if getattr(model, "alphas_cumprod", None) is None:
-        return "this model has no DDPM noise schedule (alphas_cumprod) to map the window onto."
-    return None
-
-
-def vae_id(model: Any) -> str:
-    """The identity the bank latents are cached under: model family and the VAE in use."""
-    from modules import sd_vae
-
-    family = "sdxl" if getattr(model, "is_sdxl", False) else "sd2" if getattr(model, "is_sd2", False) else "sd1"
-    vae_file = getattr(sd_vae, "loaded_vae_file", None)
-    if vae_file:
-        return f"{family}-vae-{os.path.basename(vae_file)}"
-    info = getattr(model, "sd_checkpoint_info", None)
-    ident = getattr(model, "sd_model_hash", None) or getattr(info, "model_name", None) or "unknown"
-    return f"{family}-ckpt-{ident}"
-
-
-def encoder_for(model: Any):
-    """Pixels [n, 3, H, W] in [0, 1] -> scaled latents, with the full VAE of ``model``."""
-
-    def encode(img01: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return sd_samplers_common.images_tensor_to_samples(img01, 0, model).float().cpu()
-
-    return encode
-
-
 def _progress(done: int, total: int) -> None:
     shared.state.textinfo = f"Safe denoiser: encoding bank images {done}/{total}"
 
@@ -242,8 +196,9 @@ class SafeDenoiserScript(scripts.Script):
 
         recipe_outputs = [mode, strength, bandwidth, gate, window_start, window_end]
         preset.change(fn=preset_updates, inputs=[preset], outputs=recipe_outputs, show_progress=False)
-        refresh.click(fn=lambda: [gr.update(choices=STORE.names())] * 2, inputs=[], outputs=[bank, reference_bank],
-                      show_progress=False)
+        refresh.click(fn=lambda: [bank_choices()] * 2, inputs=[], outputs=[bank, reference_bank], show_progress=False)
+        for dropdown in (bank, reference_bank):  # banks come and go while the WebUI runs (the tab, REST, CLI)
+            dropdown.focus(fn=bank_choices, inputs=[], outputs=[dropdown], show_progress=False)
         show.click(fn=lambda: diagnostics(is_img2img), inputs=[], outputs=[summary, plot, nearest])
 
         components = [enabled, bank, preset, mode, strength, window_start, window_end, reference_bank, prior,
@@ -287,14 +242,14 @@ class SafeDenoiserScript(scripts.Script):
         if job is None or job.error is not None:
             return
         hires = bool(getattr(p, "is_hr_pass", False))
-        if hires and not option(OPT_STEER_HIRES, True):
+        if hires and not option(OPT_STEER_HIRES):
             job.start_pass(None, new_image=False)
             return
         x = kwargs["x"]
         try:
             safe = FACTORY.build(job, alphas_cumprod=p.sd_model.alphas_cumprod, encoder=encoder_for(p.sd_model),
                                  vae_id=vae_id(p.sd_model), latent_shape=tuple(x.shape[1:]),
-                                 batch_size=int(option(OPT_ENCODE_BATCH, 4)), progress=_progress)
+                                 batch_size=int(option(OPT_ENCODE_BATCH)), progress=_progress)
         except Exception as e:  # noqa: BLE001 - a bad bank must not crash or pass unsteered
             fail_job(job, f"cannot prepare bank {job.bank.name!r}: {e}")
             return
@@ -322,6 +277,11 @@ def preset_updates(name: str) -> list[Any]:
         return [gr.update()] * 6
     f = preset_fields(name)
     return [gr.update(value=f[k]) for k in ("mode", "strength", "bandwidth", "gate", "window_start", "window_end")]
+
+
+def bank_choices() -> Any:
+    """The bank dropdowns' choices as they are on disk now."""
+    return gr.update(choices=STORE.names())
 
 
 def _paste(field: str):
@@ -354,58 +314,4 @@ def on_script_unloaded() -> None:
     FACTORY.clear()
 
 
-
-# ---------------------------------------------------------------------------------- settings, XYZ, REST
-SECTION = ("safe_denoiser", "Safe Denoiser")
-
-
-def on_ui_settings() -> None:
-    shared.opts.add_option(OPT_STEER_HIRES, shared.OptionInfo(
-        True, "Steer the hires-fix pass too (its latents are larger: the bank is encoded once more)", section=SECTION))
-    shared.opts.add_option(OPT_ENCODE_BATCH, shared.OptionInfo(
-        4, "Bank images per VAE call when encoding a bank", gr.Slider, {"minimum": 1, "maximum": 32, "step": 1},
-        section=SECTION))
-
-
-def _override(field: str, convert: Any):
-    def apply(p: Any, x: Any, xs: Any) -> None:
-        setattr(p, XYZ_ATTR, {**(getattr(p, XYZ_ATTR, None) or {}), field: convert(x)})
-
-    return apply
-
-
-def _as_bool(x: Any) -> bool:
-    return str(x).strip().lower() in ("true", "1", "yes", "on")
-
-
-def add_xyz_axes() -> None:
-    """Register the axes with the built-in X/Y/Z plot script, if it is loaded."""
-    xyz = next((d.module for d in scripts.scripts_data
-                if d.script_class.__module__ in ("xyz_grid.py", "scripts.xyz_grid") and hasattr(d, "module")), None)
-    if xyz is None:
-        return
-    axes = [
-        xyz.AxisOption("[Safe Denoiser] Enabled", str, _override("enabled", _as_bool),
-                       choices=lambda: ["True", "False"]),
-        xyz.AxisOption("[Safe Denoiser] Strength", float, _override("strength", float)),
-        xyz.AxisOption("[Safe Denoiser] Bank", str, _override("bank", str), choices=STORE.names),
-        xyz.AxisOption("[Safe Denoiser] Mode", str, _override("mode", str), choices=lambda: list(MODES)),
-        xyz.AxisOption("[Safe Denoiser] Window start", float, _override("window_start", float)),
-        xyz.AxisOption("[Safe Denoiser] Window end", float, _override("window_end", float)),
-    ]
-    known = {a.label for a in xyz.axis_options}
-    xyz.axis_options.extend(a for a in axes if a.label not in known)
-
-
-def on_app_started(demo: Any, app: Any) -> None:
-    """Check alwayson_scripts args of generation requests (422 naming the field)."""
-    if any(m.cls is ArgsValidationMiddleware for m in app.user_middleware):
-        return
-    app.middleware_stack = None  # as the WebUI does itself: rebuilt with ours on the next request
-    app.add_middleware(ArgsValidationMiddleware)
-
-
 script_callbacks.on_script_unloaded(on_script_unloaded)
-script_callbacks.on_ui_settings(on_ui_settings)
-script_callbacks.on_before_ui(add_xyz_axes)
-script_callbacks.on_app_started(on_app_started)

@@ -1,8 +1,9 @@
 """End-to-end tests against a live WebUI: set SD_WEBUI_URL (and SD_WEBUI_DATA_DIR, its --data-dir).
 
-Skipped when SD_WEBUI_URL is unset. The banks the tests use are created in
-``$SD_WEBUI_DATA_DIR/safe_denoiser`` with the bank store, as ``python -m lib_safe_denoiser bank add``
-would; the WebUI must have this extension installed.
+Every test under tests/e2e gets the ``e2e`` mark here (a ``pytestmark`` in a conftest.py does not reach
+the test modules), so ``-m e2e`` / ``-m "not e2e"`` select them; without SD_WEBUI_URL they are skipped.
+The banks the tests use are created in ``$SD_WEBUI_DATA_DIR/safe_denoiser`` with the bank store, as
+``python -m lib_safe_denoiser bank add`` would; the WebUI must have this extension installed.
 """
 
 from __future__ import annotations
@@ -19,16 +20,17 @@ from lib_safe_denoiser.cli import STORE_SUBDIR
 
 URL = os.environ.get("SD_WEBUI_URL", "").rstrip("/")
 DATA_DIR = os.environ.get("SD_WEBUI_DATA_DIR", "")
+E2E_DIR = Path(__file__).resolve().parent
 
-pytestmark = pytest.mark.e2e
 
-
+@pytest.hookimpl(tryfirst=True)  # before the mark plugin's own hook deselects by ``-m``
 def pytest_collection_modifyitems(config, items):
-    if URL:
-        return
     skip = pytest.mark.skip(reason="SD_WEBUI_URL is not set: no live WebUI to test against")
     for item in items:
-        if "tests/e2e" in str(item.fspath).replace(os.sep, "/"):
+        if E2E_DIR not in Path(str(item.fspath)).resolve().parents:
+            continue  # this hook sees the whole session's items, not only this folder's
+        item.add_marker(pytest.mark.e2e)
+        if not URL:
             item.add_marker(skip)
 
 

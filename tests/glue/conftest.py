@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -27,13 +28,16 @@ def smooth_picture(seed: int, size: int = 64) -> Image.Image:
     return Image.fromarray((np.stack(channels, -1) * 255).round().astype(np.uint8))
 
 
+SCRIPT_FILES = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "scripts").glob("*.py"))
+
+
 @pytest.fixture(scope="session")
 def glue():
-    """The extension's script module, loaded once as the WebUI loads it (callbacks registered at import)."""
+    """The accordion's script module, with every script file of the extension loaded once as the WebUI
+    loads them (callbacks registered at import)."""
     shared.sd_model = harness.TinyModel()
-    import scripts.safe_denoiser as glue_module
-
-    return glue_module
+    modules = {name: importlib.import_module(f"scripts.{name}") for name in SCRIPT_FILES}
+    return modules["safe_denoiser"]
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from modules import script_callbacks, scripts, shared
 
+from lib_safe_denoiser.generation.api_validation import ArgsValidationMiddleware
 from lib_safe_denoiser.generation.args import FIELDS, SafeDenoiserArgs
 from lib_safe_denoiser.generation.infotext import to_infotext
 from lib_safe_denoiser.presets.builtin import preset_fields
@@ -118,7 +119,7 @@ def api(glue):
 
     script_callbacks.app_started_callback(None, app)
     script_callbacks.app_started_callback(None, app)  # added once
-    assert sum(m.cls is glue.ArgsValidationMiddleware for m in app.user_middleware) == 1
+    assert sum(m.cls is ArgsValidationMiddleware for m in app.user_middleware) == 1
     return TestClient(app)
 
 

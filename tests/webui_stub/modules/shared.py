@@ -36,6 +36,8 @@ class State:
     interrupted = False
     skipped = False
     textinfo = None
+    job = ""
+    job_count = 0
     sampling_step = 0
     sampling_steps = 0
 
@@ -43,6 +45,13 @@ class State:
         self.interrupted = False
         self.skipped = False
         self.sampling_step = 0
+        self.job_count = -1
+        self.textinfo = None
+        self.job = job
+
+    def end(self) -> None:
+        self.job = ""
+        self.job_count = 0
 
     def interrupt(self) -> None:
         self.interrupted = True
