@@ -22,7 +22,7 @@ from lib_safe_denoiser.errors import SafeDenoiserError
 from lib_safe_denoiser.generation.args import FIELDS, ArgsError, SafeDenoiserArgs
 from lib_safe_denoiser.generation.infotext import INFOTEXT_FIELDS, KEY_ERROR, from_infotext
 from lib_safe_denoiser.generation.job import Job
-from lib_safe_denoiser.presets.builtin import DEFAULT_PRESET, PRESETS, preset_fields, preset_names
+from lib_safe_denoiser.policy.builtin_presets import DEFAULT_PRESET, PRESETS, preset_fields, preset_names
 from safe_denoiser_webui.model import encoder_for, model_problem, vae_id
 from safe_denoiser_webui.options import OPT_ENCODE_BATCH, OPT_STEER_HIRES, option
 from safe_denoiser_webui.services import FACTORY, STORE

@@ -19,7 +19,7 @@ from lib_safe_denoiser.banks.inputs import validate_bank_name
 from lib_safe_denoiser.core.config import MODES, SafeDenoiserConfig
 from lib_safe_denoiser.core.schedules import timestep_to_sigma
 from lib_safe_denoiser.errors import BankError, SafeDenoiserError
-from lib_safe_denoiser.presets.builtin import CUSTOM, DEFAULT_PRESET, preset_fields, preset_names
+from lib_safe_denoiser.policy.builtin_presets import CUSTOM, DEFAULT_PRESET, preset_fields, preset_names
 
 
 class ArgsError(SafeDenoiserError, ValueError):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lib_safe_denoiser.generation.args import FIELD_NAMES, ArgsError, SafeDenoiserArgs
-from lib_safe_denoiser.presets.builtin import CUSTOM, PRESETS, preset_fields, preset_names
+from lib_safe_denoiser.policy.builtin_presets import CUSTOM, PRESETS, preset_fields, preset_names
 
 SD15_ALPHAS = torch.cumprod(1 - torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2, 0)
 

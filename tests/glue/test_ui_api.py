@@ -13,7 +13,7 @@ from modules import script_callbacks, scripts, shared
 from lib_safe_denoiser.generation.api_validation import ArgsValidationMiddleware
 from lib_safe_denoiser.generation.args import FIELDS, SafeDenoiserArgs
 from lib_safe_denoiser.generation.infotext import to_infotext
-from lib_safe_denoiser.presets.builtin import preset_fields
+from lib_safe_denoiser.policy.builtin_presets import preset_fields
 
 
 def build_ui(script, is_img2img=False):

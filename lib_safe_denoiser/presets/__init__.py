@@ -1,1 +1,0 @@
-"""Named bundles of argument values: the official recipes (read-only built-ins)."""
