@@ -1,4 +1,4 @@
-"""Digits benchmark: negate one digit on the bundled 8x8 digits model (METHOD.md section 3).
+"""Digits benchmark: negate one digit on the bundled 8x8 digits model.
 
 For each digit and each source of the negation set (training images, held-out images), the same
 noise is sampled without the correction ("none") and with each mode at the demo's settings

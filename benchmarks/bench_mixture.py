@@ -1,4 +1,4 @@
-"""2-D benchmark: a mixture of 8 Gaussians on a circle, one mode negated (METHOD.md section 3).
+"""2-D benchmark: a mixture of 8 Gaussians on a circle, one mode negated.
 
 The data denoiser is exact (the posterior mean of the Gaussian mixture), so every error left is
 the safe denoiser's own. Prints, per mode: the unsafe share, the total variation of the mode

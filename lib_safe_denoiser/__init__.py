@@ -22,6 +22,8 @@ from lib_safe_denoiser.core.schedules import (
     x0_to_eps,
 )
 
+__version__ = "0.2.0"
+
 __all__ = [
     "MODES",
     "Diagnostics",

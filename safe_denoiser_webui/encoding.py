@@ -18,7 +18,7 @@ from lib_safe_denoiser.banks.encode import LATENT_DOWNSCALE
 from lib_safe_denoiser.errors import BankError
 from safe_denoiser_webui.model import encoder_for, model_problem, vae_id
 from safe_denoiser_webui.options import OPT_ENCODE_BATCH, option
-from safe_denoiser_webui.services import STORE
+from safe_denoiser_webui.services import store
 
 JOB_NAME = "safe_denoiser_encode"
 
@@ -53,7 +53,7 @@ def encode_now(bank: str, width: int, height: int,
         if problem:
             raise BankError(problem)
         ident = vae_id(model)
-        n = STORE.get(bank).n_images
+        n = store().get(bank).n_images
         shared.state.begin(job=JOB_NAME)
         shared.state.job_count = 1
         shared.state.sampling_steps = n
@@ -68,7 +68,7 @@ def encode_now(bank: str, width: int, height: int,
                 progress(done, total)
 
         try:
-            STORE.latents(bank, encoder=encoder_for(model), vae_id=ident, latent_hw=hw,
+            store().latents(bank, encoder=encoder_for(model), vae_id=ident, latent_hw=hw,
                           batch_size=int(option(OPT_ENCODE_BATCH)), progress=report,
                           cancel=lambda: bool(shared.state.interrupted))
         finally:

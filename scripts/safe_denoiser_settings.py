@@ -6,17 +6,28 @@ from __future__ import annotations
 import gradio as gr
 from modules import script_callbacks, shared
 
-from safe_denoiser_webui.options import DEFAULTS, OPT_ENCODE_BATCH, OPT_STEER_HIRES, SECTION
+from lib_safe_denoiser.banks.images import RESIZE_POLICIES
+from safe_denoiser_webui import options as o
 
 
 def on_ui_settings() -> None:
-    add = shared.opts.add_option
-    add(OPT_STEER_HIRES, shared.OptionInfo(
-        DEFAULTS[OPT_STEER_HIRES],
-        "Steer the hires-fix pass too (its latents are larger: the bank is encoded once more)", section=SECTION))
-    add(OPT_ENCODE_BATCH, shared.OptionInfo(
-        DEFAULTS[OPT_ENCODE_BATCH], "Bank images per VAE call when encoding a bank", gr.Slider,
-        {"minimum": 1, "maximum": 32, "step": 1}, section=SECTION))
+    def add(key: str, label: str, component=None, component_args=None, **kwargs) -> None:
+        info = shared.OptionInfo(o.DEFAULTS[key], label, component, component_args, section=o.SECTION, **kwargs)
+        shared.opts.add_option(key, info)
+
+    add(o.OPT_STEER_HIRES, "Steer the hires-fix pass too (its latents are larger: the bank is encoded once more)")
+    add(o.OPT_ENCODE_BATCH, "Bank images per VAE call when encoding a bank", gr.Slider,
+        {"minimum": 1, "maximum": 32, "step": 1})
+    add(o.OPT_DEFAULT_RESIZE, "How new banks fit their images to the generation size", gr.Radio,
+        {"choices": list(RESIZE_POLICIES)})
+    add(o.OPT_CACHE_LIMIT_MB, "Latent cache size limit in MB (least recently used caches are removed; 0 = no limit)",
+        gr.Number, {"precision": 0, "minimum": 0})
+    add(o.OPT_UPLOAD_MAX_FILES, "Most images in one upload (files or a zip)", gr.Number, {"precision": 0, "minimum": 1})
+    add(o.OPT_UPLOAD_MAX_MB, "Largest upload in MB (all files together)", gr.Number, {"precision": 0, "minimum": 1})
+    add(o.OPT_OPERATORS, "Operators: user names (comma-separated) who may manage shared banks and import from "
+        "server folders; without --gradio-auth/--api-auth everyone is one local user and counts as operator")
+    add(o.OPT_FOLDER_IMPORT, "Who may add images from folders on the server", gr.Radio,
+        {"choices": list(o.FOLDER_IMPORT_CHOICES)})
 
 
 script_callbacks.on_ui_settings(on_ui_settings)

@@ -18,7 +18,7 @@ SAFE_MEANS: tuple[str, ...] = ("model", "reference")
 
 @dataclass(frozen=True)
 class SafeDenoiserConfig:
-    """All knobs of the correction (METHOD.md section 2).
+    """All knobs of the correction (docs/method.md).
 
     mode:
         ``"odds"`` — beta from the estimated posterior odds of the bank against a reference set;

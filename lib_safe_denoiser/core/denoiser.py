@@ -1,6 +1,6 @@
 """The safe denoiser: corrects a model's x0 prediction away from a negation bank.
 
-Theorem (METHOD.md section 1): with p_data = (1-z) p_safe + z p_unsafe,
+Theorem (docs/method.md): with p_data = (1-z) p_safe + z p_unsafe,
 
     E_safe[x0|x_t] = E_data[x0|x_t] + beta*(x_t) (E_data[x0|x_t] - E_unsafe[x0|x_t]),
 
@@ -95,7 +95,7 @@ class _DeviceSet:
 
 
 class SafeDenoiser:
-    """Training-free safe denoiser over a negation bank (see METHOD.md).
+    """Training-free safe denoiser over a negation bank (see docs/method.md).
 
     ``negation`` is a tensor [N, ...] of bank latents; ``reference`` an optional [M, ...] tensor
     of generic safe latents (or of the model's own samples with ``reference_kind="data"``),

@@ -1,6 +1,6 @@
 """Streamed kernel statistics of a batch against a bank, in log space.
 
-Every estimator of METHOD.md section 2 needs, for each row x of a batch and a bank {b_n},
+Every estimator of docs/method.md needs, for each row x of a batch and a bank {b_n},
 logits l_n = f(||x - b_n||^2), their log-sum-exp, and often the softmax-weighted mean of the
 bank. Distances come from one matmul (|x|^2 - 2 x.b + |b|^2: never the O(B*N*D) broadcast),
 and the bank is visited in chunks with an online log-sum-exp, so the extra memory is

@@ -1,4 +1,4 @@
-"""The official recipes of the paper (METHOD.md), as read-only presets.
+"""The official recipes of the paper (docs/method.md), as read-only presets.
 
 Users pick what they are negating; the recipe sets the numbers; advanced users override them.
 Windows are fractions of the diffusion timeline (0 = pure noise, 1 = clean image): the paper's

@@ -57,6 +57,15 @@ class State:
         self.interrupted = True
 
 
+class CmdOpts:
+    """The command-line flags the glue reads (``--api-auth``, ``--gradio-auth``, ``--nowebui``)."""
+
+    api_auth: str | None = None
+    gradio_auth: str | None = None
+    nowebui = False
+
+
 opts = Options()
+cmd_opts = CmdOpts()
 state = State()
 sd_model: Any = None
