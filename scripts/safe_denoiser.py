@@ -22,17 +22,21 @@ from lib_safe_denoiser.errors import SafeDenoiserError
 from lib_safe_denoiser.generation.args import FIELDS, ArgsError, SafeDenoiserArgs
 from lib_safe_denoiser.generation.infotext import INFOTEXT_FIELDS, KEY_ERROR, from_infotext
 from lib_safe_denoiser.generation.job import Job
+from lib_safe_denoiser.policy.bank_access import visible_bank, visible_names
 from lib_safe_denoiser.policy.builtin_presets import DEFAULT_PRESET, PRESETS, preset_fields, preset_names
+from lib_safe_denoiser.policy.request_user import api_user
+from lib_safe_denoiser.policy.users import User
 from safe_denoiser_webui.model import encoder_for, model_problem, vae_id
 from safe_denoiser_webui.options import OPT_ENCODE_BATCH, OPT_STEER_HIRES, option
 from safe_denoiser_webui.services import FACTORY, STORE
+from safe_denoiser_webui.users import current_user
 from safe_denoiser_webui.xyz import XYZ_ATTR
 
 TITLE = "Safe Denoiser"
 JOB_ATTR = "safe_denoiser_job"
 ERROR_ATTR = "safe_denoiser_error"
-LAST_JOBS: dict[bool, Job] = {}
-"""The last finished job per tab (is_img2img), for the diagnostics panel."""
+LAST_JOBS: dict[tuple[str | None, bool], Job] = {}
+"""The last finished job per (user, tab is_img2img), for the diagnostics panel: nobody sees another's."""
 
 
 class _Active:
@@ -161,7 +165,8 @@ class SafeDenoiserScript(scripts.Script):
         d = SafeDenoiserArgs()
         with InputAccordion(False, label=TITLE, elem_id=self.elem_id("enabled")) as enabled:
             with gr.Row():
-                bank = gr.Dropdown(label=labels["bank"], choices=STORE.names(), value="", elem_id=self.elem_id("bank"))
+                bank = gr.Dropdown(label=labels["bank"], choices=visible_names(STORE, current_user(None)), value="",
+                                   elem_id=self.elem_id("bank"))
                 refresh = gr.Button(value="\U0001f504", elem_classes=["tool"], elem_id=self.elem_id("refresh"))
                 preset = gr.Dropdown(label=labels["preset"], choices=preset_names(), value=DEFAULT_PRESET,
                                      elem_id=self.elem_id("preset"))
@@ -176,7 +181,8 @@ class SafeDenoiserScript(scripts.Script):
                                        value=d.window_end, elem_id=self.elem_id("window_end"))
             with gr.Accordion("Advanced", open=False):
                 with gr.Row():
-                    reference_bank = gr.Dropdown(label=labels["reference_bank"], choices=STORE.names(), value="",
+                    reference_bank = gr.Dropdown(label=labels["reference_bank"], value="",
+                                                 choices=visible_names(STORE, current_user(None)),
                                                  elem_id=self.elem_id("reference_bank"))
                     prior = gr.Slider(label=labels["prior"], minimum=0.001, maximum=0.999, step=0.001,
                                       value=d.prior, elem_id=self.elem_id("prior"))
@@ -196,10 +202,17 @@ class SafeDenoiserScript(scripts.Script):
 
         recipe_outputs = [mode, strength, bandwidth, gate, window_start, window_end]
         preset.change(fn=preset_updates, inputs=[preset], outputs=recipe_outputs, show_progress=False)
-        refresh.click(fn=lambda: [bank_choices()] * 2, inputs=[], outputs=[bank, reference_bank], show_progress=False)
+
+        def refresh_banks(request: gr.Request) -> list[Any]:
+            return [bank_choices(request)] * 2
+
+        def show_diagnostics(request: gr.Request) -> tuple[str, Any, list[Any]]:
+            return diagnostics(is_img2img, request)
+
+        refresh.click(fn=refresh_banks, inputs=[], outputs=[bank, reference_bank], show_progress=False)
         for dropdown in (bank, reference_bank):  # banks come and go while the WebUI runs (the tab, REST, CLI)
             dropdown.focus(fn=bank_choices, inputs=[], outputs=[dropdown], show_progress=False)
-        show.click(fn=lambda: diagnostics(is_img2img), inputs=[], outputs=[summary, plot, nearest])
+        show.click(fn=show_diagnostics, inputs=[], outputs=[summary, plot, nearest])
 
         components = [enabled, bank, preset, mode, strength, window_start, window_end, reference_bank, prior,
                       bandwidth, gate, gate_margin]
@@ -227,8 +240,9 @@ class SafeDenoiserScript(scripts.Script):
         try:
             if problem:
                 raise SafeDenoiserError(problem)
-            bank = STORE.get(a.bank)
-            reference = STORE.get(a.reference_bank) if a.mode == "odds" else None
+            user = generation_user(p)
+            bank = visible_bank(STORE, a.bank, user)
+            reference = visible_bank(STORE, a.reference_bank, user) if a.mode == "odds" else None
         except SafeDenoiserError as e:
             _mark_failed(p, f"{e}")
             return
@@ -267,7 +281,7 @@ class SafeDenoiserScript(scripts.Script):
         unregister_callbacks()
         if job is not None:
             job.steering, job.p = None, None  # keep the diagnostics, not the job's tensors
-            LAST_JOBS[bool(getattr(p, "is_img2img", False))] = job
+            LAST_JOBS[(generation_user(p).name, bool(getattr(p, "is_img2img", False)))] = job
 
 
 # ---------------------------------------------------------------------------------- UI helpers
@@ -279,9 +293,19 @@ def preset_updates(name: str) -> list[Any]:
     return [gr.update(value=f[k]) for k in ("mode", "strength", "bandwidth", "gate", "window_start", "window_end")]
 
 
-def bank_choices() -> Any:
-    """The bank dropdowns' choices as they are on disk now."""
-    return gr.update(choices=STORE.names())
+def bank_choices(request: gr.Request) -> Any:
+    """The bank dropdowns' choices as they are on disk now, for the user of this page."""
+    return gr.update(choices=visible_names(STORE, current_user(request_user(request))))
+
+
+def request_user(request: gr.Request | None) -> str | None:
+    """The gradio-auth user of a UI event (None without --gradio-auth)."""
+    return getattr(request, "username", None)
+
+
+def generation_user(p: Any) -> User:
+    """Who a job runs for: the UI user (``p.user``), else the authenticated REST caller."""
+    return current_user(getattr(p, "user", None) or api_user())
 
 
 def _paste(field: str):
@@ -291,9 +315,9 @@ def _paste(field: str):
     return read
 
 
-def diagnostics(is_img2img: bool) -> tuple[str, Any, list[Any]]:
+def diagnostics(is_img2img: bool, request: gr.Request | None = None) -> tuple[str, Any, list[Any]]:
     """(summary, plot, nearest bank images) of the last job on this tab."""
-    job = LAST_JOBS.get(is_img2img)
+    job = LAST_JOBS.get((current_user(request_user(request)).name, is_img2img))
     if job is None:
         return "No generation with the safe denoiser yet.", None, []
     s = job.trace.summary()

@@ -5,8 +5,16 @@ from __future__ import annotations
 from modules import script_callbacks, scripts
 
 from lib_safe_denoiser.core.config import MODES
+from lib_safe_denoiser.policy.bank_access import visible_names
 from safe_denoiser_webui.services import STORE
+from safe_denoiser_webui.users import current_user
 from safe_denoiser_webui.xyz import as_bool, override
+
+
+def shared_bank_names() -> list[str]:
+    """The axis' choices: the plot script has no user at hand, so only banks everyone may use (a job
+    still checks the bank against its own user)."""
+    return visible_names(STORE, current_user(None))
 
 
 def add_xyz_axes() -> None:
@@ -19,7 +27,7 @@ def add_xyz_axes() -> None:
         xyz.AxisOption("[Safe Denoiser] Enabled", str, override("enabled", as_bool),
                        choices=lambda: ["True", "False"]),
         xyz.AxisOption("[Safe Denoiser] Strength", float, override("strength", float)),
-        xyz.AxisOption("[Safe Denoiser] Bank", str, override("bank", str), choices=STORE.names),
+        xyz.AxisOption("[Safe Denoiser] Bank", str, override("bank", str), choices=shared_bank_names),
         xyz.AxisOption("[Safe Denoiser] Mode", str, override("mode", str), choices=lambda: list(MODES)),
         xyz.AxisOption("[Safe Denoiser] Window start", float, override("window_start", float)),
         xyz.AxisOption("[Safe Denoiser] Window end", float, override("window_end", float)),
