@@ -26,6 +26,10 @@ $(VENV)/.runtime: requirements.txt $(VENV)/.created
 	$(BIN)/pip install -q torch==2.13.0 -r requirements.txt
 	touch $@
 
+# The browser tests drive Debian's chromium; install it where we may (root, apt), else they say they skipped.
 $(VENV)/.test: requirements-test.txt $(VENV)/.runtime
 	$(BIN)/pip install -q -r requirements-test.txt
+	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
+		echo "chromium not installed: the browser tests will be skipped"
 	touch $@

@@ -10,6 +10,7 @@ REQUIREMENTS = {
     # distribution name: pip requirement
     "safetensors": "safetensors",
     "tqdm": "tqdm",
+    "filelock": "filelock",  # cross-process locks on bank manifests (several WebUIs, one data dir)
     "matplotlib": "matplotlib",  # the per-generation diagnostics plot
 }
 

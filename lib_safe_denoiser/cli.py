@@ -2,22 +2,30 @@
 
 Commands are argparse sub-parsers; each leaf sets ``handler`` (``args -> exit code``). Errors the
 user can fix (``SafeDenoiserError``, file-system errors) print one line to stderr and exit 2.
+``bank add`` saves the good images of a folder and lists the files it skipped; it exits 1 if it
+added nothing (every image was already there).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lib_safe_denoiser.banks.store import BankStore, find_images
-from lib_safe_denoiser.errors import SafeDenoiserError
+from lib_safe_denoiser.banks.archive import LATENT_MODES
+from lib_safe_denoiser.banks.images import DEFAULT_RESIZE, RESIZE_POLICIES
+from lib_safe_denoiser.banks.inputs import IMAGE_EXTENSIONS, find_images, validate_tags
+from lib_safe_denoiser.banks.store import GC_GRACE_S, AddReport, BankStore
+from lib_safe_denoiser.errors import BankError, SafeDenoiserError
 
 DATA_DIR_ENV = "SD_WEBUI_DATA_DIR"
 STORE_SUBDIR = "safe_denoiser"
+MIN_HASH_PREFIX = 6
+MIB = 1 << 20
 
 _DATA_DIR_HELP = (
     f"WebUI data directory (default: ${DATA_DIR_ENV}, else the WebUI this extension is installed in, "
@@ -69,10 +77,16 @@ def _add_bank_commands(commands: argparse._SubParsersAction) -> None:
     bank = commands.add_parser("bank", help="manage negation banks")
     sub = bank.add_subparsers(dest="bank_command", metavar="ACTION", required=True)
 
-    add = sub.add_parser("add", parents=[common], help="create a bank from the images in a folder")
+    add = sub.add_parser("add", parents=[common], help="create a bank from the images in a folder (or append)",
+                         description="Bad files are skipped and listed; the exit code is 0 if any image was added, "
+                         "1 if none was (all duplicates), 2 on an error.")
     add.add_argument("name", help="bank name: letters, digits, space, _ - . (at most 64)")
-    add.add_argument("folder", help="folder of png/jpg/jpeg/webp/bmp images")
+    add.add_argument("folder", help="folder of images (" + "/".join(e.lstrip(".") for e in IMAGE_EXTENSIONS) + ")")
     add.add_argument("--description", default="", help="free text shown in the UI")
+    add.add_argument("--tags", default="", help="comma-separated labels, e.g. 'nsfw,v2'")
+    add.add_argument("--resize", choices=RESIZE_POLICIES, default=DEFAULT_RESIZE,
+                     help=f"how images are fitted to a generation's aspect ratio (default: {DEFAULT_RESIZE})")
+    add.add_argument("--owner", default=None, help="the WebUI user who owns the bank (default: shared)")
     add.add_argument("--recursive", action="store_true", help="include sub-folders")
     mode = add.add_mutually_exclusive_group()
     mode.add_argument("--overwrite", action="store_true", help="replace a bank of the same name")
@@ -88,40 +102,84 @@ def _add_bank_commands(commands: argparse._SubParsersAction) -> None:
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(handler=_bank_show)
 
+    update = sub.add_parser("update", parents=[common], help="change a bank's description, tags or resize policy")
+    update.add_argument("name")
+    update.add_argument("--description", default=None)
+    update.add_argument("--tags", default=None, help="comma-separated labels (replaces the current ones)")
+    update.add_argument("--resize", choices=RESIZE_POLICIES, default=None)
+    update.set_defaults(handler=_bank_update)
+
+    remove = sub.add_parser("remove", parents=[common], help="remove images from a bank (by hash, as 'show' lists)")
+    remove.add_argument("name")
+    remove.add_argument("hashes", nargs="+", metavar="HASH",
+                        help=f"an image's sha256, or a unique prefix of at least {MIN_HASH_PREFIX} characters")
+    remove.set_defaults(handler=_bank_remove)
+
+    rename = sub.add_parser("rename", parents=[common], help="rename a bank (its cached latents stay valid)")
+    rename.add_argument("name")
+    rename.add_argument("new_name")
+    rename.set_defaults(handler=_bank_rename)
+
     delete = sub.add_parser("delete", parents=[common], help="delete a bank (shared images are kept)")
     delete.add_argument("name")
     delete.set_defaults(handler=_bank_delete)
+
+    export = sub.add_parser("export", parents=[common], help="write a bank to one .zip file")
+    export.add_argument("name")
+    export.add_argument("dest", nargs="?", default=".", help="the .zip file, or a folder for <name>.zip (default: .)")
+    export.add_argument("--latents", choices=LATENT_MODES, default="include",
+                        help="none: images only; include: images and cached latents (default); "
+                        "only: cached latents without the images")
+    export.set_defaults(handler=_bank_export)
+
+    imp = sub.add_parser("import", parents=[common], help="add a bank from a .zip file made by 'export'")
+    imp.add_argument("archive")
+    imp.add_argument("--name", default=None, help="save it under this name (default: its own)")
+    imp.add_argument("--owner", default=None, help="the WebUI user who owns it (default: shared)")
+    imp.add_argument("--overwrite", action="store_true", help="replace a bank of the same name")
+    imp.set_defaults(handler=_bank_import)
 
     gc = sub.add_parser("gc", parents=[common], help="free disk space no bank uses any more")
     gc.add_argument(
         "--grace",
         type=float,
-        default=600.0,
+        default=GC_GRACE_S,
         metavar="SECONDS",
-        help="keep unreferenced images younger than this: a running WebUI may be saving them (default 600)",
+        help=f"keep unreferenced files younger than this: a running WebUI may be saving them (default {GC_GRACE_S:g})",
     )
     gc.set_defaults(handler=_bank_gc)
+
+
+def _print_report(report: AddReport) -> int:
+    """The summary, then every skipped file and near-duplicate on its own line; exit 1 if nothing was added."""
+    print(report.summary())
+    for s in report.skipped:
+        print(f"  skipped {s.name}: {s.reason}")
+    for new, old in report.near_duplicates:
+        print(f"  near-duplicate {new} ~ {old}")
+    i = report.info
+    print(f"bank {i.name!r}: {i.n_images} images (hash {i.short_hash})")
+    return 0 if report.added else 1
 
 
 def _bank_add(args: argparse.Namespace) -> int:
     store = store_for(args)
     if args.append:
         folder = Path(args.folder)
-        files = find_images(folder, recursive=args.recursive)
-        before = store.get(args.name).n_images
-        info = store.add_images(args.name, [(f.relative_to(folder).as_posix(), f) for f in files])
-        added = info.n_images - before
-        print(f"bank {info.name!r}: added {added} images, now {info.n_images} (hash {info.short_hash})")
-        return 0
-    info = store.add_folder(
+        files, not_images = find_images(folder, recursive=args.recursive)
+        report = store.add_images(args.name, [(f.relative_to(folder).as_posix(), f) for f in files])
+        return _print_report(dataclasses.replace(report, skipped=(*not_images, *report.skipped)))
+    report = store.add_folder(
         args.name,
         args.folder,
         recursive=args.recursive,
         overwrite=args.overwrite,
         description=args.description,
+        owner=args.owner,
+        tags=validate_tags(args.tags),
+        resize=args.resize,
     )
-    print(f"bank {info.name!r}: {info.n_images} images (hash {info.short_hash}) in {store.root}")
-    return 0
+    return _print_report(report)
 
 
 def _bank_list(args: argparse.Namespace) -> int:
@@ -135,7 +193,12 @@ def _bank_list(args: argparse.Namespace) -> int:
         return 0
     width = max(len(i.name) for i in infos)
     for i in infos:
-        line = f"{i.name:<{width}}  {i.n_images:>6} images  {i.short_hash}  {i.created}"
+        flags = [f"owner {i.owner}" if i.owner else "shared", i.resize]
+        if not i.has_images:
+            flags.append("latents only")
+        if i.tags:
+            flags.append("tags " + ",".join(i.tags))
+        line = f"{i.name:<{width}}  {i.n_images:>6} images  {i.short_hash}  {i.created}  [{'; '.join(flags)}]"
         print(f"{line}  {i.description.splitlines()[0]}" if i.description else line)
     return 0
 
@@ -144,28 +207,62 @@ def _bank_show(args: argparse.Namespace) -> int:
     store = store_for(args)
     info = store.get(args.name)
     images = store.image_entries(args.name)
-    cached = store.cached_sizes(args.name)
+    cached = store.cache_status(args.name)
     if args.json:
-        data = {
-            **info.as_dict(),
-            "images": images,
-            "cached_latents": [{"vae_id": v, "latent_hw": list(hw)} for v, hw in cached],
-        }
+        data = {**info.as_dict(), "images": images, "cached_latents": [c.as_dict() for c in cached]}
         print(json.dumps(data, indent=1))
         return 0
     print(f"name:         {info.name}")
-    print(f"images:       {info.n_images}")
+    print(f"images:       {info.n_images}" + ("" if info.has_images else " (latents only: no image files)"))
     print(f"content hash: {info.content_hash}")
+    print(f"owner:        {info.owner or '(shared)'}")
+    print(f"tags:         {', '.join(info.tags) or '(none)'}")
+    print(f"resize:       {info.resize}")
     print(f"created:      {info.created}")
     print(f"updated:      {info.updated}")
     if info.description:
         print(f"description:  {info.description}")
     print("cached latents:" + ("" if cached else " none (encoded on first use)"))
-    for vae_id, (h, w) in cached:
-        print(f"  {vae_id}  {h}x{w}")
+    for c in cached:
+        kind = "carried" if c.carried else f"last used {c.last_used}"
+        print(f"  {c.vae_id}  {c.latent_hw[0]}x{c.latent_hw[1]}  {c.resize}  {c.bytes / MIB:.1f} MiB  {kind}")
     print("image list:")
     for n, e in enumerate(images, 1):
         print(f"  {n:>4}. {e['sha256'][:10]}  {e['source_name']}")
+    return 0
+
+
+def _bank_update(args: argparse.Namespace) -> int:
+    tags = validate_tags(args.tags) if args.tags is not None else None
+    info = store_for(args).update(args.name, description=args.description, tags=tags, resize=args.resize)
+    print(f"bank {info.name!r} updated")
+    return 0
+
+
+def _bank_remove(args: argparse.Namespace) -> int:
+    store = store_for(args)
+    known = [e["sha256"] for e in store.image_entries(args.name)]
+    info = store.remove_images(args.name, [_resolve_hash(h, known, args.name) for h in args.hashes])
+    print(f"bank {info.name!r}: {info.n_images} images left (hash {info.short_hash})")
+    return 0
+
+
+def _resolve_hash(prefix: str, known: list[str], bank: str) -> str:
+    """A full sha256 from a unique prefix, so hashes can be copied from ``bank show``."""
+    prefix = prefix.strip().lower()
+    if len(prefix) < MIN_HASH_PREFIX:
+        raise BankError(f"hash {prefix!r} is too short; give at least {MIN_HASH_PREFIX} characters")
+    matches = [k for k in known if k.startswith(prefix)]
+    if not matches:
+        raise BankError(f"bank {bank!r} has no image whose hash starts with {prefix!r}; nothing removed")
+    if len(matches) > 1:
+        raise BankError(f"hash prefix {prefix!r} matches {len(matches)} images of bank {bank!r}; give more characters")
+    return matches[0]
+
+
+def _bank_rename(args: argparse.Namespace) -> int:
+    info = store_for(args).rename(args.name, args.new_name)
+    print(f"bank {args.name!r} renamed to {info.name!r}")
     return 0
 
 
@@ -173,6 +270,19 @@ def _bank_delete(args: argparse.Namespace) -> int:
     store = store_for(args)
     store.delete(args.name)
     print(f"bank {args.name!r} deleted")
+    return 0
+
+
+def _bank_export(args: argparse.Namespace) -> int:
+    path = store_for(args).export_bank(args.name, Path(args.dest), latents=args.latents)
+    print(f"bank {args.name!r} exported to {path} ({path.stat().st_size / MIB:.1f} MiB)")
+    return 0
+
+
+def _bank_import(args: argparse.Namespace) -> int:
+    info = store_for(args).import_bank(Path(args.archive), name=args.name, owner=args.owner, overwrite=args.overwrite)
+    kind = "" if info.has_images else ", latents only"
+    print(f"bank {info.name!r} imported: {info.n_images} images (hash {info.short_hash}{kind})")
     return 0
 
 

@@ -21,3 +21,7 @@ class BankNotFoundError(BankError, KeyError):
     def __str__(self) -> str:
         # KeyError.__str__ repr()s its argument ("'msg'"); keep the plain message for users.
         return str(self.args[0]) if self.args else ""
+
+
+class EncodeCancelled(BankError):
+    """The user stopped a bank's encoding; nothing was cached, and the next use encodes again."""

@@ -1,7 +1,7 @@
 """Small file-system helpers of the bank store: atomic writes and path-safe names.
 
-Every file the store writes goes through ``atomic_write_bytes`` (or ``atomic_copy``): a temp
-file in the same directory, fsync, ``os.replace``. A crash or a full disk therefore leaves
+Every file the store writes goes through ``atomic_write_bytes``, ``atomic_copy`` or ``atomic_writer``:
+a temp file in the same directory, fsync, ``os.replace``. A crash or a full disk therefore leaves
 either the old file or the new one, never half of one; leftover temp files start with
 ``TEMP_PREFIX`` and are swept by ``BankStore.gc``.
 """
@@ -13,7 +13,7 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -54,7 +54,12 @@ def sha256_file(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _atomic_target(path: Path) -> Iterator[BinaryIO]:
+def atomic_writer(path: Path, *, verify: Callable[[Path], None] | None = None) -> Iterator[BinaryIO]:
+    """A binary file to write ``path`` through: it appears, complete, only if the block ends normally.
+
+    ``verify(temp_path)`` runs on the finished temp file before it replaces ``path``; if it raises,
+    nothing is replaced (an import checks a latent file's header and shape this way).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".part", dir=path.parent)
     try:
@@ -62,6 +67,8 @@ def _atomic_target(path: Path) -> Iterator[BinaryIO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        if verify is not None:
+            verify(Path(tmp_name))
         os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -72,7 +79,7 @@ def _atomic_target(path: Path) -> Iterator[BinaryIO]:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so readers see the old content or the new, never a mix."""
-    with _atomic_target(path) as f:
+    with atomic_writer(path) as f:
         f.write(data)
 
 
@@ -80,12 +87,20 @@ def atomic_copy(src: Path, dst: Path, *, expected_sha256: str) -> None:
     """Copy ``src`` to ``dst`` atomically, refusing (before anything is replaced) if its bytes no
     longer hash to ``expected_sha256``: the file changed after it was validated."""
     h = hashlib.sha256()
-    with _atomic_target(dst) as out, open(src, "rb") as f:
+    with atomic_writer(dst) as out, open(src, "rb") as f:
         for block in iter(lambda: f.read(_CHUNK), b""):
             h.update(block)
             out.write(block)
         if h.hexdigest() != expected_sha256:
             raise BankError(f"image changed while it was being added: {src}; try again")
+
+
+def mtime(path: Path) -> float:
+    """Modification time, or +inf if the file vanished (so a sweep treats it as too new to touch)."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return float("inf")
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -7,16 +7,20 @@ the arguments that made it (like sd-webui-controlnet's serialise/parse).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from lib_safe_denoiser.generation.args import SafeDenoiserArgs
+from lib_safe_denoiser.policy.builtin_presets import CUSTOM
+from lib_safe_denoiser.policy.presets_store import SCOPE_BUILTIN, PresetRef
 
 PREFIX = "Safe denoiser"
 KEY_BANK = PREFIX
 KEY_HASH = f"{PREFIX} hash"
 KEY_PRESET = f"{PREFIX} preset"
+KEY_PRESET_SCOPE = f"{PREFIX} preset scope"
+KEY_POLICY = f"{PREFIX} policy"
 KEY_MODE = f"{PREFIX} mode"
 KEY_STRENGTH = f"{PREFIX} strength"
 KEY_WINDOW = f"{PREFIX} window"
@@ -80,6 +84,23 @@ def to_infotext(args: SafeDenoiserArgs, bank_hash: str, summary: TraceSummary | 
     return out
 
 
+def policy_infotext(preset: PresetRef | None, notes: Sequence[str] = ()) -> dict[str, str]:
+    """Pairs naming a saved preset (name and scope) and what the operator's policy changed, added
+    after ``to_infotext``'s, whose numbers stay what really ran.
+
+    A built-in recipe is already named by ``to_infotext`` ("custom" once its numbers changed), so
+    only saved presets are named here. Pasting never looks a saved preset up (it may be another
+    user's, or gone): the numbers alone reproduce the image.
+    """
+    out: dict[str, str] = {}
+    if preset is not None and preset.scope != SCOPE_BUILTIN:
+        out[KEY_PRESET] = preset.name
+        out[KEY_PRESET_SCOPE] = preset.scope
+    if notes:
+        out[KEY_POLICY] = "; ".join(notes)
+    return out
+
+
 def _float(params: Mapping[str, Any], key: str) -> float | None:
     try:
         value = float(params[key])
@@ -100,6 +121,8 @@ def from_infotext(params: Mapping[str, Any]) -> dict[str, Any]:
     for field, key in (("preset", KEY_PRESET), ("mode", KEY_MODE), ("reference_bank", KEY_REFERENCE)):
         if key in params:
             out[field] = str(params[key])
+    if KEY_PRESET_SCOPE in params:  # a saved preset: its numbers are restored, its name is never resolved
+        out["preset"] = CUSTOM
     for field, key in (("strength", KEY_STRENGTH), ("prior", KEY_PRIOR), ("bandwidth", KEY_BANDWIDTH)):
         value = _float(params, key)
         if value is not None:

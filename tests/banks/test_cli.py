@@ -35,23 +35,20 @@ def run(argv: list[str], capsys) -> tuple[int, str, str]:
 def test_add_list_show_delete(tmp_path, capsys):
     data = tmp_path / "data"
     src = make_folder(tmp_path / "imgs", 3)
-    rc, out, _ = run(
-        ["bank", "add", "nudity-v1", str(src), "--data-dir", str(data), "--description", "hi"], capsys
-    )
-    assert rc == 0 and "3 images" in out
+    rc, out, _ = run(["bank", "add", "nudity-v1", str(src), "--data-dir", str(data), "--description", "hi",
+                      "--tags", "a,b", "--resize", "pad", "--owner", "ann"], capsys)
+    assert rc == 0 and "Added 3 images to 'nudity-v1' (now 3)" in out
     store = BankStore(data / "safe_denoiser")
     info = store.get("nudity-v1")
-    assert info.description == "hi"
+    assert (info.description, info.tags, info.resize, info.owner) == ("hi", ("a", "b"), "pad", "ann")
 
     rc, out, _ = run(["bank", "list", "--data-dir", str(data)], capsys)
-    assert rc == 0 and "nudity-v1" in out and info.short_hash in out
-    rc, out, _ = run(
-        ["--data-dir", str(data), "bank", "list", "--json"], capsys
-    )  # --data-dir first works too
+    assert rc == 0 and "nudity-v1" in out and info.short_hash in out and "owner ann; pad; tags a,b" in out
+    rc, out, _ = run(["--data-dir", str(data), "bank", "list", "--json"], capsys)  # --data-dir first works too
     assert rc == 0 and json.loads(out)[0]["content_hash"] == info.content_hash
 
     rc, out, _ = run(["bank", "show", "nudity-v1", "--data-dir", str(data)], capsys)
-    assert rc == 0 and info.content_hash in out and "00.png" in out and "none" in out
+    assert rc == 0 and info.content_hash in out and "00.png" in out and "none" in out and "ann" in out
     rc, out, _ = run(["bank", "show", "nudity-v1", "--json", "--data-dir", str(data)], capsys)
     shown = json.loads(out)
     assert shown["n_images"] == 3 and len(shown["images"]) == 3 and shown["cached_latents"] == []
@@ -65,6 +62,18 @@ def test_add_list_show_delete(tmp_path, capsys):
     assert rc == 0 and "no banks" in out
 
 
+def test_add_reports_skipped_files_and_exits_1_only_if_nothing_was_added(tmp_path, capsys):
+    data = str(tmp_path / "data")
+    src = make_folder(tmp_path / "imgs", 2)
+    (src / "zz.jpg").write_bytes(b"\xff\xd8\xff truncated")
+    (src / "notes.txt").write_text("x")
+    rc, out, _ = run(["bank", "add", "b", str(src), "--data-dir", data], capsys)
+    assert rc == 0 and out.startswith("Added 2 images to 'b' (now 2); skipped 2: ")
+    assert "  skipped notes.txt: not an image file type" in out and "  skipped zz.jpg: " in out
+    rc, out, _ = run(["bank", "add", "b", str(src), "--append", "--data-dir", data], capsys)
+    assert rc == 1 and "Added 0 images" in out and "2 duplicates left out" in out
+
+
 def test_overwrite_and_append(tmp_path, capsys):
     data = str(tmp_path / "data")
     make_folder(tmp_path / "one", 2)
@@ -73,9 +82,41 @@ def test_overwrite_and_append(tmp_path, capsys):
     rc, _, err = run(["bank", "add", "b", str(tmp_path / "two"), "--data-dir", data], capsys)
     assert rc == 2 and "already exists" in err
     rc, out, _ = run(["bank", "add", "b", str(tmp_path / "two"), "--append", "--data-dir", data], capsys)
-    assert rc == 0 and "added 1 images, now 3" in out
+    assert rc == 0 and "Added 1 image to 'b' (now 3); 1 duplicate left out" in out
     rc, out, _ = run(["bank", "add", "b", str(tmp_path / "two"), "--overwrite", "--data-dir", data], capsys)
     assert rc == 0 and BankStore(Path(data) / "safe_denoiser").get("b").n_images == 2
+
+
+def test_update_remove_rename(tmp_path, capsys):
+    data = str(tmp_path / "data")
+    assert run(["bank", "add", "b", str(make_folder(tmp_path / "imgs", 3)), "--data-dir", data], capsys)[0] == 0
+    store = BankStore(Path(data) / "safe_denoiser")
+    rc, out, _ = run(["bank", "update", "b", "--tags", "x, y", "--resize", "stretch", "--data-dir", data], capsys)
+    assert rc == 0 and store.get("b").tags == ("x", "y") and store.get("b").resize == "stretch"
+    shas = [e["sha256"] for e in store.image_entries("b")]
+    rc, out, _ = run(["bank", "remove", "b", shas[0][:10], shas[2], "--data-dir", data], capsys)
+    assert rc == 0 and "1 images left" in out and [e["sha256"] for e in store.image_entries("b")] == [shas[1]]
+    for prefix, message in (("abc", "too short"), ("f" * 12, "no image whose hash starts")):
+        rc, _, err = run(["bank", "remove", "b", prefix, "--data-dir", data], capsys)
+        assert rc == 2 and message in err
+    rc, out, _ = run(["bank", "rename", "b", "c", "--data-dir", data], capsys)
+    assert rc == 0 and "renamed to 'c'" in out and store.names() == ["c"]
+
+
+def test_export_import(tmp_path, capsys):
+    data, other = str(tmp_path / "data"), str(tmp_path / "other")
+    assert run(["bank", "add", "b", str(make_folder(tmp_path / "imgs", 2)), "--data-dir", data], capsys)[0] == 0
+    rc, out, _ = run(["bank", "export", "b", str(tmp_path), "--latents", "none", "--data-dir", data], capsys)
+    assert rc == 0 and f"exported to {tmp_path / 'b.zip'}" in out
+    rc, out, _ = run(["bank", "import", str(tmp_path / "b.zip"), "--name", "c", "--owner", "u", "--data-dir", other],
+                     capsys)
+    assert rc == 0 and "bank 'c' imported: 2 images" in out
+    info = BankStore(Path(other) / "safe_denoiser").get("c")
+    assert info.owner == "u" and info.content_hash == BankStore(Path(data) / "safe_denoiser").get("b").content_hash
+    rc, _, err = run(["bank", "import", str(tmp_path / "b.zip"), "--name", "c", "--data-dir", other], capsys)
+    assert rc == 2 and "already exists" in err
+    rc, _, err = run(["bank", "export", "b", str(tmp_path / "x.zip"), "--latents", "only", "--data-dir", data], capsys)
+    assert rc == 2 and "no cached latents" in err
 
 
 @pytest.mark.parametrize(
@@ -85,14 +126,21 @@ def test_overwrite_and_append(tmp_path, capsys):
         ["bank", "add", "ok", "{tmp}/no-such-folder"],
         ["bank", "add", "ok", "{tmp}/empty"],
         ["bank", "add", "ok", "{tmp}/bad"],
+        ["bank", "add", "ok", "{src}", "--tags", "a" * 40],
         ["bank", "show", "ghost"],
         ["bank", "delete", "ghost"],
+        ["bank", "rename", "ghost", "x"],
+        ["bank", "remove", "ghost", "abcdef"],
+        ["bank", "update", "ghost", "--description", "x"],
+        ["bank", "export", "ghost"],
+        ["bank", "import", "{tmp}/missing.zip"],
+        ["bank", "import", "{src}/00.png"],
     ],
 )
 def test_errors_are_one_line_and_exit_2(tmp_path, capsys, argv):
     src = make_folder(tmp_path / "imgs", 1)
     (tmp_path / "empty").mkdir()
-    make_folder(tmp_path / "bad", 1)
+    (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "zz.jpg").write_bytes(b"\xff\xd8\xff truncated")
     argv = [a.format(src=src, tmp=tmp_path) for a in argv] + ["--data-dir", str(tmp_path / "data")]
     rc, out, err = run(argv, capsys)

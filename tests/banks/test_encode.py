@@ -1,17 +1,19 @@
-"""The image -> latent pipeline: decoding, resizing, batching, and the encoder's output checks."""
+"""The image -> latent pipeline: batching, background decoding, resize policies, cancel, output checks."""
 
 from __future__ import annotations
 
-import io
 import math
+import threading
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from lib_safe_denoiser.banks.encode import check_latents, encode_images, image_to_tensor01, load_image
-from lib_safe_denoiser.errors import BankError, SafeDenoiserError
+import lib_safe_denoiser.banks.encode as encode_module
+from lib_safe_denoiser.banks.encode import check_latents, encode_images
+from lib_safe_denoiser.banks.images import image_to_tensor01, load_image
+from lib_safe_denoiser.errors import BankError, EncodeCancelled
+from tests.banks.sample_images import encode, exif_rotated_jpeg, noise, png, scene
 
 
 class TinyEncoder(torch.nn.Module):
@@ -35,91 +37,11 @@ class TinyEncoder(torch.nn.Module):
         return self.proj(self.pool(x)) * 0.18215
 
 
-def png_bytes(color=(200, 30, 60), size=(40, 24), mode="RGB") -> bytes:
-    buf = io.BytesIO()
-    Image.new(mode, size, color).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def noise_image(seed: int, size=(48, 40)) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-
-
-def test_load_image_from_path_and_bytes(tmp_path):
-    path = tmp_path / "a.png"
-    path.write_bytes(png_bytes())
-    for source in (path, str(path), png_bytes()):
-        img = load_image(source)
-        assert img.mode == "RGB" and img.size == (40, 24)
-        assert img.getpixel((0, 0)) == (200, 30, 60)
-
-
-def test_load_image_converts_modes_and_composites_alpha_on_white():
-    transparent = load_image(png_bytes(color=(0, 0, 0, 0), mode="RGBA"))
-    assert transparent.mode == "RGB" and transparent.getpixel((3, 3)) == (255, 255, 255)
-    assert load_image(png_bytes(color=128, mode="L")).getpixel((1, 1)) == (128, 128, 128)
-    pal = Image.new("P", (8, 8), 0)
-    pal.putpalette([10, 20, 30] * 256)
-    buf = io.BytesIO()
-    pal.save(buf, format="PNG")
-    assert load_image(buf.getvalue()).getpixel((0, 0)) == (10, 20, 30)
-
-
-def test_load_image_applies_exif_orientation(tmp_path):
-    img = Image.new("RGB", (40, 20), (0, 255, 0))
-    exif = img.getexif()
-    exif[0x0112] = 6  # "rotate 90 CW to display"
-    path = tmp_path / "phone.jpg"
-    img.save(path, format="JPEG", exif=exif)
-    assert load_image(path).size == (20, 40)
-
-
-def test_load_image_rejects_truncated_garbage_and_missing(tmp_path):
-    raw_pixels = noise_image(0).tobytes()  # not an image file
-    buf = io.BytesIO()
-    noise_image(1).save(buf, format="PNG")
-    truncated = tmp_path / "cut.png"
-    truncated.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
-    with pytest.raises(BankError, match="cut.png"):
-        load_image(truncated)
-    with pytest.raises(BankError, match="not a readable image"):
-        load_image(raw_pixels)
-    with pytest.raises(BankError, match="not found.*missing.png"):
-        load_image(tmp_path / "missing.png")
-    with pytest.raises(SafeDenoiserError, match="my-name"):
-        load_image(b"garbage", name="my-name")
-
-
-def test_image_to_tensor01_exact_size_is_lossless():
-    img = noise_image(2, size=(16, 8))
-    t = image_to_tensor01(img, (8, 16))
-    assert t.shape == (3, 8, 16) and t.dtype == torch.float32
-    expected = torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255
-    assert torch.equal(t, expected)
-
-
-def test_image_to_tensor01_covers_and_center_crops_without_stretching():
-    # 3 vertical bands (red | green | blue) on a 3:1 image; a square crop keeps only the green centre.
-    arr = np.zeros((40, 120, 3), dtype=np.uint8)
-    arr[:, :40, 0] = 255
-    arr[:, 40:80, 1] = 255
-    arr[:, 80:, 2] = 255
-    t = image_to_tensor01(Image.fromarray(arr), (32, 32))
-    assert t.shape == (3, 32, 32)
-    assert float(t.min()) >= 0.0 and float(t.max()) <= 1.0
-    assert float(t[1, :, 4:28].mean()) > 0.95  # green throughout the middle
-    assert float(t[0].mean()) < 0.05 and float(t[2].mean()) < 0.05
-    # a tall target from a wide image: scaled up to cover the height, still not stretched
-    tall = image_to_tensor01(Image.fromarray(arr), (64, 16))
-    assert tall.shape == (3, 64, 16) and float(tall[1].mean()) > 0.95
-
-
 def test_encode_images_batches_reports_progress_and_matches_one_by_one(tmp_path):
     sources = []
     for i in range(5):
         p = tmp_path / f"{i}.png"
-        noise_image(i).save(p)
+        noise(i).save(p)
         sources.append(p)
     enc = TinyEncoder()
     seen = []
@@ -136,7 +58,7 @@ def test_encode_images_batches_reports_progress_and_matches_one_by_one(tmp_path)
 
 def test_encode_images_converts_output_to_float32_cpu():
     enc = TinyEncoder()
-    out = encode_images([png_bytes()], lambda x: enc(x).half(), (16, 16))
+    out = encode_images([png()], lambda x: enc(x).half(), (16, 16))
     assert out.dtype == torch.float32 and out.shape == (1, 4, 2, 2)
 
 
@@ -152,20 +74,121 @@ def test_encode_images_converts_output_to_float32_cpu():
 )
 def test_encode_images_rejects_bad_encoder_output(encoder, message):
     with pytest.raises(BankError, match=message):
-        encode_images([png_bytes()], encoder, (16, 16))
+        encode_images([png()], encoder, (16, 16))
 
 
 def test_encode_images_rejects_bad_arguments():
     enc = TinyEncoder()
     with pytest.raises(BankError, match="multiple of 8"):
-        encode_images([png_bytes()], enc, (20, 16))
+        encode_images([png()], enc, (20, 16))
     with pytest.raises(BankError, match="no images"):
         encode_images([], enc, (16, 16))
     with pytest.raises(BankError, match="batch_size"):
-        encode_images([png_bytes()], enc, (16, 16), batch_size=0)
+        encode_images([png()], enc, (16, 16), batch_size=0)
     assert enc.calls == 0
 
 
 def test_check_latents_rejects_channel_change():
     with pytest.raises(BankError, match="channels"):
         check_latents(torch.zeros(1, 16, 2, 2), 1, (2, 2), channels=4)
+
+
+def write_images(folder, n: int) -> list:
+    paths = []
+    for i in range(n):
+        p = folder / f"{i}.png"
+        scene(i, (48, 40)).save(p)
+        paths.append(p)
+    return paths
+
+
+@pytest.mark.parametrize("resize", ["crop", "pad", "stretch"])
+def test_encode_images_follows_the_resize_policy(tmp_path, resize):
+    sources = write_images(tmp_path, 3)
+    enc = TinyEncoder()
+    out = encode_images(sources, enc, (32, 16), resize=resize, batch_size=2)
+    direct = torch.cat([enc(image_to_tensor01(load_image(s), (32, 16), resize)[None]) for s in sources])
+    assert torch.allclose(out, direct, atol=1e-6)
+
+
+def test_resize_policies_give_different_latents(tmp_path):
+    sources = write_images(tmp_path, 1)
+    outs = [encode_images(sources, TinyEncoder(), (32, 16), resize=r) for r in ("crop", "pad", "stretch")]
+    assert not torch.allclose(outs[0], outs[1]) and not torch.allclose(outs[0], outs[2])
+    with pytest.raises(BankError, match="unknown resize policy"):
+        encode_images(sources, TinyEncoder(), (32, 16), resize="fit")
+
+
+def test_cancel_between_batches_raises_and_stops_encoding(tmp_path):
+    sources = write_images(tmp_path, 7)
+    enc = TinyEncoder()
+    seen = []
+    with pytest.raises(EncodeCancelled, match="cancelled after 4 of 7 images") as info:
+        encode_images(
+            sources, enc, (16, 16), batch_size=2, progress=lambda d, t: seen.append(d), cancel=lambda: len(seen) >= 2
+        )
+    assert isinstance(info.value, BankError)
+    assert enc.calls == 2 and seen == [2, 4]
+    never = TinyEncoder()
+    with pytest.raises(EncodeCancelled, match="after 0 of 7"):
+        encode_images(sources, never, (16, 16), cancel=lambda: True)
+    assert never.calls == 0
+    assert encode_images(sources, TinyEncoder(), (16, 16), cancel=lambda: False).shape[0] == 7
+
+
+def test_next_batch_is_decoded_while_the_encoder_runs(tmp_path, monkeypatch):
+    """The encoder of batch 0 waits until an image of batch 1 has been decoded: only a background
+    decoder can make that happen (a serial pipeline would time the wait out)."""
+    sources = write_images(tmp_path, 4)
+    decoded_next = threading.Event()
+    real_load = encode_module.load_image
+
+    def recording_load(source, **kwargs):
+        img = real_load(source, **kwargs)
+        if source in sources[2:]:
+            decoded_next.set()
+        return img
+
+    monkeypatch.setattr(encode_module, "load_image", recording_load)
+    enc = TinyEncoder()
+    overlapped = []
+
+    def waiting_encoder(x):
+        if not overlapped:
+            overlapped.append(decoded_next.wait(timeout=30))
+        return enc(x)
+
+    out = encode_images(sources, waiting_encoder, (16, 16), batch_size=2)
+    assert overlapped == [True] and out.shape == (4, 4, 2, 2)
+
+
+def test_bad_image_mid_batch_is_named_and_nothing_returned(tmp_path):
+    sources = write_images(tmp_path, 5)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    enc = TinyEncoder()
+    with pytest.raises(BankError, match="broken.png: truncated or corrupt"):
+        encode_images([*sources[:2], broken, *sources[2:]], enc, (16, 16), batch_size=2)
+    assert enc.calls == 1  # the first batch ran; the one holding the bad file never reached the encoder
+
+
+def test_large_jpegs_decode_at_reduced_scale_with_orientation(tmp_path):
+    big = scene(7, (1600, 1200))
+    path = tmp_path / "photo.jpg"
+    big.save(path, quality=92)
+    enc = TinyEncoder()
+    fast = encode_images([path], enc, (64, 64))
+    full = enc(image_to_tensor01(load_image(path), (64, 64))[None])
+    assert torch.allclose(fast, full, atol=0.02)  # DCT-scaled decoding: the same picture
+    rotated = tmp_path / "rotated.jpg"
+    rotated.write_bytes(exif_rotated_jpeg(6, size=(1600, 800)))
+    upright = enc(image_to_tensor01(load_image(rotated), (64, 32))[None])
+    assert torch.allclose(encode_images([rotated], enc, (64, 32)), upright, atol=0.02)
+
+
+def test_encode_images_accepts_mixed_sources(tmp_path):
+    path = tmp_path / "a.png"
+    noise(1).save(path)
+    sources = [path, str(path), path.read_bytes(), Image.open(path), encode(noise(1), "PNG")]
+    out = encode_images(sources, TinyEncoder(), (16, 16))
+    assert out.shape == (5, 4, 2, 2) and torch.allclose(out[0], out[4])

@@ -1,5 +1,9 @@
 """End-to-end tests against a live WebUI: set SD_WEBUI_URL (and SD_WEBUI_DATA_DIR, its --data-dir).
 
+For a WebUI started with ``--api-auth``, SD_WEBUI_AUTH_USER / SD_WEBUI_AUTH_PASSWORD are sent as HTTP basic
+auth (a WebUI without ``--api-auth`` ignores them); SD_WEBUI_AUTH_URL names such an instance for
+test_api_auth.py, which is skipped without it.
+
 Every test under tests/e2e gets the ``e2e`` mark here (a ``pytestmark`` in a conftest.py does not reach
 the test modules), so ``-m e2e`` / ``-m "not e2e"`` select them; without SD_WEBUI_URL they are skipped.
 The banks the tests use are created in ``$SD_WEBUI_DATA_DIR/safe_denoiser`` with the bank store, as
@@ -20,6 +24,10 @@ from lib_safe_denoiser.cli import STORE_SUBDIR
 
 URL = os.environ.get("SD_WEBUI_URL", "").rstrip("/")
 DATA_DIR = os.environ.get("SD_WEBUI_DATA_DIR", "")
+AUTH_URL = os.environ.get("SD_WEBUI_AUTH_URL", "").rstrip("/")
+AUTH_USER = os.environ.get("SD_WEBUI_AUTH_USER", "")
+AUTH_PASSWORD = os.environ.get("SD_WEBUI_AUTH_PASSWORD", "")
+CREDENTIALS = (AUTH_USER, AUTH_PASSWORD) if AUTH_USER and AUTH_PASSWORD else None
 E2E_DIR = Path(__file__).resolve().parent
 
 
@@ -40,8 +48,12 @@ def webui():
 
     if not DATA_DIR:
         pytest.fail("SD_WEBUI_DATA_DIR must name the WebUI's --data-dir so the tests can create their banks")
-    client = httpx.Client(base_url=URL, timeout=600)
-    scripts = client.get("/sdapi/v1/scripts").json()
+    client = httpx.Client(base_url=URL, timeout=600, auth=CREDENTIALS)
+    r = client.get("/sdapi/v1/scripts")
+    assert r.status_code == 200, (
+        f"GET /sdapi/v1/scripts: {r.status_code} {r.text[:200]} (--api-auth needs SD_WEBUI_AUTH_USER/PASSWORD)"
+    )
+    scripts = r.json()
     assert "safe denoiser" in scripts["txt2img"], "the extension is not loaded in this WebUI"
     return client
 

@@ -51,7 +51,7 @@ def test_preview_and_interrupted_result_carry_the_correction(script, glue):
     steered = harness.run_job(script, odds(), interrupt_at=3, prompts=[[(1, 1.0)]])
     assert len(steered.previews) == 3 and len(steered.images) == 1
     # step 0 sees the same noise in both runs: the preview moved by exactly the engine's correction
-    job = glue.LAST_JOBS[False]
+    job = glue.LAST_JOBS[(None, False)]
     safe = glue.FACTORY.build(job, alphas_cumprod=shared.sd_model.alphas_cumprod,
                               encoder=glue.encoder_for(shared.sd_model), vae_id=glue.vae_id(shared.sd_model),
                               latent_shape=(4, 8, 8))

@@ -13,8 +13,9 @@ INSTALL = Path(__file__).resolve().parents[2] / "install.py"
 
 
 @pytest.mark.parametrize("present, expected", [
-    ({"safetensors", "tqdm", "matplotlib"}, []),
-    ({"safetensors"}, ["install tqdm", "install matplotlib"]),
+    ({"safetensors", "tqdm", "filelock", "matplotlib"}, []),
+    ({"safetensors", "filelock"}, ["install tqdm", "install matplotlib"]),
+    ({"safetensors", "tqdm", "matplotlib"}, ["install filelock"]),
 ])
 def test_install_only_what_is_missing(monkeypatch, present, expected):
     calls: list[str] = []

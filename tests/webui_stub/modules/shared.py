@@ -58,10 +58,11 @@ class State:
 
 
 class CmdOpts:
-    """The command-line flags the glue reads (``--api-auth``, ``--gradio-auth``, ``--nowebui``)."""
+    """The command-line flags the glue reads (``--api-auth``, ``--gradio-auth(-path)``, ``--nowebui``)."""
 
     api_auth: str | None = None
     gradio_auth: str | None = None
+    gradio_auth_path: str | None = None
     nowebui = False
 
 

@@ -1,0 +1,109 @@
+"""A JSON schema of the extension's ``alwayson_scripts`` entry, made from ``FIELDS``.
+
+API clients (and their code generators) read it from ``GET /safe-denoiser/v1/schema`` instead of
+copying field lists from the README. Types and labels come from ``FIELDS``, defaults from
+``SafeDenoiserArgs``, choices from the same lists the validator checks against; the numeric ranges
+are the validator's rules as JSON schema keywords (tests check that a value past each bound is refused
+by both). What JSON schema cannot say (window_start <= window_end) stays in the field's description.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lib_safe_denoiser.banks.inputs import MAX_NAME_LEN
+from lib_safe_denoiser.core.config import MODES
+from lib_safe_denoiser.generation.api_validation import SCRIPT_KEY
+from lib_safe_denoiser.generation.args import FIELDS, Field, SafeDenoiserArgs
+from lib_safe_denoiser.policy.builtin_presets import preset_names
+
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+JSON_TYPES: dict[type, str] = {bool: "boolean", float: "number", str: "string"}
+
+BOUNDS: dict[str, dict[str, float]] = {
+    "strength": {"minimum": 0.0},
+    "window_start": {"minimum": 0.0, "maximum": 1.0},
+    "window_end": {"minimum": 0.0, "maximum": 1.0},
+    "prior": {"exclusiveMinimum": 0.0, "exclusiveMaximum": 1.0},
+    "bandwidth": {"exclusiveMinimum": 0.0},
+}
+"""The ranges ``SafeDenoiserArgs.__post_init__`` enforces, as JSON schema keywords."""
+
+BANK_FIELDS = ("bank", "reference_bank")
+
+NOTES: dict[str, str] = {
+    "window_start": "Fraction of the sampling timeline; must be <= window_end.",
+    "window_end": "Fraction of the sampling timeline; must be >= window_start.",
+    "bank": "Name of a negation bank; required when enabled.",
+    "reference_bank": "Name of a bank of generic safe images; required when enabled in the odds mode.",
+    "preset": "In the named form, a preset fills the fields the request leaves out.",
+}
+
+
+def _choices() -> dict[str, list[str]]:
+    return {"preset": list(preset_names()), "mode": list(MODES)}
+
+
+def field_schema(field: Field) -> dict[str, Any]:
+    """One field: type, title (the UI label), default and whatever range or choices apply."""
+    name = field.name
+    schema: dict[str, Any] = {"type": JSON_TYPES[field.kind], "title": field.label,
+                              "default": getattr(SafeDenoiserArgs(), name)}
+    choices = _choices()
+    if name in choices:
+        schema["enum"] = choices[name]
+    schema.update(BOUNDS.get(name, {}))
+    if name in BANK_FIELDS:
+        schema["maxLength"] = MAX_NAME_LEN
+    if name in NOTES:
+        schema["description"] = NOTES[name]
+    return schema
+
+
+def _required_when(condition: dict[str, Any], field: str) -> dict[str, Any]:
+    return {"if": {"properties": condition, "required": list(condition)},
+            "then": {"properties": {field: {"minLength": 1}}, "required": [field]}}
+
+
+def args_schema() -> dict[str, Any]:
+    """The JSON schema of ``{"safe denoiser": {"args": [...]}}`` inside ``alwayson_scripts``.
+
+    ``args`` is either one object of named fields or the values in UI order (missing trailing values
+    take the defaults).
+    """
+    names = [f.name for f in FIELDS]
+    fields = {f.name: field_schema(f) for f in FIELDS}
+    named = {
+        "type": "object",
+        "properties": fields,
+        "additionalProperties": False,
+        "allOf": [
+            _required_when({"enabled": {"const": True}}, "bank"),
+            _required_when({"enabled": {"const": True}, "mode": {"const": "odds"}}, "reference_bank"),
+        ],
+    }
+    positional = {
+        "type": "array",
+        "title": "Positional values",
+        "description": "In this order: " + ", ".join(names) + ". Missing trailing values take the defaults.",
+        "prefixItems": [fields[name] for name in names],
+        "items": False,
+        "maxItems": len(names),
+    }
+    named_args = {"type": "array", "title": "Named fields", "prefixItems": [{"$ref": "#/$defs/fields"}],
+                  "items": False, "minItems": 1, "maxItems": 1}
+    return {
+        "$schema": SCHEMA_DIALECT,
+        "title": "Safe Denoiser: alwayson_scripts",
+        "description": "The entry of this extension in the alwayson_scripts of /sdapi/v1/txt2img and img2img.",
+        "type": "object",
+        "properties": {
+            SCRIPT_KEY: {
+                "type": "object",
+                "properties": {"args": {"oneOf": [named_args, {"$ref": "#/$defs/positional"}]}},
+                "required": ["args"],
+            },
+        },
+        "$defs": {"fields": named, "positional": positional},
+    }

@@ -1,0 +1,48 @@
+"""WebUI glue: the "Safe Denoiser" tab for managing negation banks.
+
+The tab itself (``safe_denoiser_webui/bank_tab.py``) knows nothing of the WebUI; this file hands
+it the WebUI's bank store, its VAE encoder (``encode_now``, under the queue lock, cancelled by the
+WebUI's Interrupt), the signed-in user of each request (``--gradio-auth``) and the settings.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from modules import script_callbacks, shared
+
+from safe_denoiser_webui import users
+from safe_denoiser_webui.bank_tab import TAB_ID, TAB_TITLE, TabServices, build_tab
+from safe_denoiser_webui.encoding import encode_now
+from safe_denoiser_webui.options import FOLDER_IMPORT_CHOICES, OPT_DEFAULT_RESIZE, OPT_FOLDER_IMPORT, option
+from safe_denoiser_webui.services import STORE
+
+EXPORT_DIR = Path(tempfile.gettempdir()) / "safe_denoiser_exports"
+"""Exports wait here until downloaded (gradio serves a copy); old ones are pruned on the next export."""
+FOLDER_IMPORT_ALLOWED = FOLDER_IMPORT_CHOICES[0]
+
+
+def is_operator(user: str | None) -> bool:
+    return users.current_user(user).operator
+
+
+def services() -> TabServices:
+    return TabServices(
+        store=STORE,
+        encode=encode_now,
+        cancel=shared.state.interrupt,
+        export_dir=EXPORT_DIR,
+        is_operator=is_operator,
+        limits=users.upload_limits,
+        default_resize=lambda: option(OPT_DEFAULT_RESIZE),
+        folder_import=lambda: option(OPT_FOLDER_IMPORT) == FOLDER_IMPORT_ALLOWED,
+    )
+
+
+def on_ui_tabs() -> list[tuple[Any, str, str]]:
+    return [(build_tab(services()), TAB_TITLE, TAB_ID)]
+
+
+script_callbacks.on_ui_tabs(on_ui_tabs)
