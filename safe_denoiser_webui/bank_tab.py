@@ -27,7 +27,7 @@ from PIL import Image
 from lib_safe_denoiser.banks import manage
 from lib_safe_denoiser.banks.images import DEFAULT_RESIZE, RESIZE_POLICIES
 from lib_safe_denoiser.banks.inputs import InputLimits
-from lib_safe_denoiser.banks.store import BankInfo, BankStore
+from lib_safe_denoiser.banks.store import BankInfo, BankStore, CacheEntry
 from lib_safe_denoiser.policy.users import User
 
 logger = logging.getLogger(__name__)
@@ -304,11 +304,12 @@ class BankTab:
             return {self.cache_note: "", self.cache_table: table(manage.CACHE_COLUMNS),
                     self.drop_choice: gr.update(choices=[], value=None)}
         out = manage.cache_rows(self.s.store, user, name)
-        rows: list[manage.CacheRow] = out.data or []
-        choices = list(dict.fromkeys(r.label for r in rows if not r.carried))  # one per VAE and size
+        rows: list[CacheEntry] = out.data or []
+        choices = list(dict.fromkeys(manage.cache_label(r) for r in rows if not r.carried))  # one per VAE and size
         if len(choices) > 1:
             choices.append(manage.ALL_CACHES)
-        return {self.cache_note: out.message, self.cache_table: table(manage.CACHE_COLUMNS, (r.cells() for r in rows)),
+        cells = (manage.cache_cells(r) for r in rows)
+        return {self.cache_note: out.message, self.cache_table: table(manage.CACHE_COLUMNS, cells),
                 self.drop_choice: gr.update(choices=choices, value=None)}
 
     def bank_updates(self, user: User, name: str | None, page: Any = 1) -> dict:

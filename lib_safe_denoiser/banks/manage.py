@@ -37,7 +37,7 @@ from lib_safe_denoiser.banks.inputs import (
     validate_tags,
 )
 from lib_safe_denoiser.banks.similarity import NEAR_DUPLICATE_DISTANCE
-from lib_safe_denoiser.banks.store import AddReport, BankInfo, BankStore
+from lib_safe_denoiser.banks.store import AddReport, BankInfo, BankStore, CacheEntry
 from lib_safe_denoiser.errors import BankError, BankNotFoundError, SafeDenoiserError
 from lib_safe_denoiser.policy.users import User, can_edit, can_see, owner_for_new_bank, require_edit, require_operator
 
@@ -426,26 +426,18 @@ def import_bank(store: BankStore, user: User, upload: str | os.PathLike | bytes 
 
 
 # ---------------------------------------------------------------------------------- latents
-@dataclass(frozen=True)
-class CacheRow:
-    vae_id: str
-    latent_hw: tuple[int, int]
-    resize: str
-    bytes: int
-    last_used: str
-    carried: bool = False
+def cache_label(entry: CacheEntry) -> str:
+    """A cache as a choice in the "drop" list; ``parse_cache_label`` reads it back."""
+    h, w = entry.latent_hw
+    return f"{h}x{w}{CACHE_LABEL_SEPARATOR}{entry.vae_id}"
 
-    @property
-    def label(self) -> str:
-        """The row as a choice in the "drop" list; ``parse_cache_label`` reads it back."""
-        h, w = self.latent_hw
-        return f"{h}x{w}{CACHE_LABEL_SEPARATOR}{self.vae_id}"
 
-    def cells(self) -> list[Any]:
-        h, w = self.latent_hw
-        note = "carried by the bank (cannot be dropped)" if self.carried else ""
-        pixels = f"{LATENT_DOWNSCALE * w}x{LATENT_DOWNSCALE * h}"
-        return [self.vae_id, f"{h}x{w}", pixels, self.resize, round(self.bytes / MIB, 2), self.last_used, note]
+def cache_cells(entry: CacheEntry) -> list[Any]:
+    """A cache as a row of the tab's table (``CACHE_COLUMNS``)."""
+    h, w = entry.latent_hw
+    note = "carried by the bank (cannot be dropped)" if entry.carried else ""
+    pixels = f"{LATENT_DOWNSCALE * w}x{LATENT_DOWNSCALE * h}"
+    return [entry.vae_id, f"{h}x{w}", pixels, entry.resize, round(entry.bytes / MIB, 2), entry.last_used, note]
 
 
 CACHE_COLUMNS = ("VAE", "Latent HxW", "For images WxH", "Resize", "MiB", "Last used", "Note")
@@ -461,10 +453,9 @@ def parse_cache_label(label: str) -> tuple[str, tuple[int, int]]:
 
 @_answers
 def cache_rows(store: BankStore, user: User, name: str | None) -> Outcome:
-    """One row per cached latent size and VAE (``data``: list of CacheRow)."""
+    """One row per cached latent size and VAE (``data``: list of CacheEntry)."""
     info = _visible(store, user, name)
-    rows = [CacheRow(e.vae_id, tuple(e.latent_hw), e.resize, e.bytes, e.last_used, e.carried)
-            for e in store.cache_status(info.name)]
+    rows = store.cache_status(info.name)
     total = sum(r.bytes for r in rows)
     if not rows:
         return Outcome(True, f"Bank {info.name!r} has no cached latents yet: they are encoded on first use, "

@@ -8,7 +8,7 @@ import zipfile
 import pytest
 
 from lib_safe_denoiser.banks import manage
-from lib_safe_denoiser.banks.store import BankStore
+from lib_safe_denoiser.banks.store import BankStore, CacheEntry
 from lib_safe_denoiser.policy.users import User
 from tests.banks.sample_images import encode, scene
 
@@ -93,9 +93,9 @@ def test_pages_are_clamped_and_labelled(store, tmp_path):
 
 
 def test_cache_labels_round_trip_and_bad_ones_are_refused():
-    row = manage.CacheRow("sdxl-vae-my vae.safetensors", (128, 96), "crop", 3 << 20, "2024-01-01")
-    assert manage.parse_cache_label(row.label) == ("sdxl-vae-my vae.safetensors", (128, 96))
-    assert row.cells()[:5] == ["sdxl-vae-my vae.safetensors", "128x96", "768x1024", "crop", 3.0]
+    row = CacheEntry("sdxl-vae-my vae.safetensors", (128, 96), "crop", 3 << 20, "2024-01-01")
+    assert manage.parse_cache_label(manage.cache_label(row)) == ("sdxl-vae-my vae.safetensors", (128, 96))
+    assert manage.cache_cells(row)[:5] == ["sdxl-vae-my vae.safetensors", "128x96", "768x1024", "crop", 3.0]
     with pytest.raises(manage.BankError, match="choose a latent cache"):
         manage.parse_cache_label("whatever")
 
