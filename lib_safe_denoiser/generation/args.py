@@ -27,10 +27,42 @@ class ArgsError(SafeDenoiserError, ValueError):
 
 
 @dataclass(frozen=True)
+class Bounds:
+    """The range of a number field: checked by the argument model and published in the REST schema."""
+
+    low: float | None = None
+    high: float | None = None
+    strict: bool = False
+    """Open interval: the bounds themselves are refused."""
+
+    def problem(self, name: str, value: float) -> str | None:
+        below = self.low is not None and (value <= self.low if self.strict else value < self.low)
+        above = self.high is not None and (value >= self.high if self.strict else value > self.high)
+        if not (below or above):
+            return None
+        if self.low is not None and self.high is not None:
+            how = "strictly between" if self.strict else "between"
+            return f"field {name!r} must lie {how} {self.low:g} and {self.high:g}, got {value}"
+        if self.low is not None:
+            return f"field {name!r} must be {'>' if self.strict else '>='} {self.low:g}, got {value}"
+        return f"field {name!r} must be {'<' if self.strict else '<='} {self.high:g}, got {value}"
+
+    def json_schema(self) -> dict[str, float]:
+        """The same range as JSON schema keywords."""
+        out: dict[str, float] = {}
+        if self.low is not None:
+            out["exclusiveMinimum" if self.strict else "minimum"] = self.low
+        if self.high is not None:
+            out["exclusiveMaximum" if self.strict else "maximum"] = self.high
+        return out
+
+
+@dataclass(frozen=True)
 class Field:
     name: str
     label: str
     kind: type
+    bounds: Bounds | None = None
 
 
 FIELDS: tuple[Field, ...] = (
@@ -38,12 +70,12 @@ FIELDS: tuple[Field, ...] = (
     Field("bank", "Negation bank", str),
     Field("preset", "Preset", str),
     Field("mode", "Mode", str),
-    Field("strength", "Strength", float),
-    Field("window_start", "Active from (0 = pure noise)", float),
-    Field("window_end", "Active until (1 = clean image)", float),
+    Field("strength", "Strength", float, Bounds(low=0.0)),
+    Field("window_start", "Active from (0 = pure noise)", float, Bounds(0.0, 1.0)),
+    Field("window_end", "Active until (1 = clean image)", float, Bounds(0.0, 1.0)),
     Field("reference_bank", "Reference bank (odds mode)", str),
-    Field("prior", "Prior unsafe share z (odds mode)", float),
-    Field("bandwidth", "Kernel bandwidth (paper mode)", float),
+    Field("prior", "Prior unsafe share z (odds mode)", float, Bounds(0.0, 1.0, strict=True)),
+    Field("bandwidth", "Kernel bandwidth (paper mode)", float, Bounds(low=0.0, strict=True)),
     Field("gate", "Gate (paper mode)", bool),
     Field("gate_margin", "Gate margin (paper mode)", float),
 )
@@ -92,15 +124,13 @@ class SafeDenoiserArgs:
             raise ArgsError(f"field 'preset' must be one of {preset_names()}, got {self.preset!r}")
         if self.mode not in MODES:
             raise ArgsError(f"field 'mode' must be one of {list(MODES)}, got {self.mode!r}")
-        if self.strength < 0:
-            raise ArgsError(f"field 'strength' must be >= 0, got {self.strength}")
         if not 0.0 <= self.window_start <= self.window_end <= 1.0:
             raise ArgsError(f"fields 'window_start' and 'window_end' must satisfy 0 <= start <= end <= 1, "
                             f"got {self.window_start} and {self.window_end}")
-        if not 0.0 < self.prior < 1.0:
-            raise ArgsError(f"field 'prior' must lie strictly between 0 and 1, got {self.prior}")
-        if self.bandwidth <= 0:
-            raise ArgsError(f"field 'bandwidth' must be > 0, got {self.bandwidth}")
+        for f in FIELDS:
+            problem = f.bounds.problem(f.name, getattr(self, f.name)) if f.bounds else None
+            if problem:
+                raise ArgsError(problem)
         for name in ("bank", "reference_bank"):
             value = getattr(self, name)
             if value:

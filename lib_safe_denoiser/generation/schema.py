@@ -21,14 +21,8 @@ SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 JSON_TYPES: dict[type, str] = {bool: "boolean", float: "number", str: "string"}
 
-BOUNDS: dict[str, dict[str, float]] = {
-    "strength": {"minimum": 0.0},
-    "window_start": {"minimum": 0.0, "maximum": 1.0},
-    "window_end": {"minimum": 0.0, "maximum": 1.0},
-    "prior": {"exclusiveMinimum": 0.0, "exclusiveMaximum": 1.0},
-    "bandwidth": {"exclusiveMinimum": 0.0},
-}
-"""The ranges ``SafeDenoiserArgs.__post_init__`` enforces, as JSON schema keywords."""
+BOUNDS: dict[str, dict[str, float]] = {f.name: f.bounds.json_schema() for f in FIELDS if f.bounds}
+"""The ranges the argument model enforces (``Field.bounds``), as JSON schema keywords."""
 
 BANK_FIELDS = ("bank", "reference_bank")
 
