@@ -33,3 +33,11 @@ $(VENV)/.test: requirements-test.txt $(VENV)/.runtime
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 		echo "chromium not installed: the browser tests will be skipped"
 	touch $@
+
+# Mutation testing (docs/mutation.md): not part of CI, about an hour on 2 cores; the copies it
+# mutates and its results go to build/mutation/. MUTATION_GROUPS picks some of: math rows glue.
+MUTATION_GROUPS ?=
+.PHONY: mutation
+mutation: $(VENV)/.test
+	$(BIN)/pip install -q -r requirements-mutation.txt
+	$(BIN)/python benchmarks/mutation_score.py $(MUTATION_GROUPS)

@@ -40,7 +40,8 @@ LAST_JOBS: dict[tuple[str | None, bool], Job] = {}
 
 
 class _Active:
-    """The job the registered callbacks serve, and the CFG denoiser of its current step."""
+    """The job the registered callbacks serve, and the CFG denoiser of the step under way (another
+    job's, when a job without our hooks samples while a crashed job's callbacks are still registered)."""
 
     job: Job | None = None
     denoiser: Any = None
@@ -80,7 +81,9 @@ def _step_callback(body):
     (the WebUI would only log it)."""
 
     def callback(params: Any) -> None:
-        denoiser = getattr(params, "denoiser", None) or _Active.denoiser
+        if getattr(params, "denoiser", None) is not None:  # on_cfg_denoiser names the step's CFG denoiser;
+            _Active.denoiser = params.denoiser  # the step's later callbacks do not, even when it is another job's
+        denoiser = _Active.denoiser
         job = _serving(denoiser)
         if job is None:
             return
@@ -95,7 +98,6 @@ def _step_callback(body):
 
 @_step_callback
 def on_cfg_denoiser(params: script_callbacks.CFGDenoiserParams, job: Job, denoiser: Any) -> None:
-    _Active.denoiser = denoiser
     job.steering.capture(params.x, params.sigma)
 
 

@@ -110,10 +110,11 @@ class SafeDenoiser:
         self._negation = _DeviceSet(_check_set("negation bank", negation))
         self._reference: _DeviceSet | None = None
         if reference is not None:
+            flat = _check_set("reference set", reference)
             if tuple(reference.shape[1:]) != self.shape:
                 raise ValueError(f"reference set latents have shape {tuple(reference.shape[1:])}, "
                                  f"but the negation bank's are {self.shape}")
-            self._reference = _DeviceSet(_check_set("reference set", reference))
+            self._reference = _DeviceSet(flat)
         if self.config.mode == "odds" and self._reference is None:
             raise ValueError("the odds mode needs a reference set (generic safe latents, or samples of the "
                              "model with reference_kind='data'); pass reference=... or use the paper mode")

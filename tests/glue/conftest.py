@@ -43,19 +43,18 @@ def glue():
 @pytest.fixture(scope="session")
 def banks(glue, tmp_path_factory):
     """An "unsafe" bank (jittered copies of picture 1) and a safe reference bank (pictures 2 and others)."""
-    harness.PICTURES.update({1: smooth_picture(1), 2: smooth_picture(2)})
+    harness.PICTURES.update({prompt: smooth_picture(prompt) for prompt in (harness.UNSAFE, *harness.SAFE)})
     folder = tmp_path_factory.mktemp("bank-images")
     unsafe, reference = folder / "unsafe", folder / "reference"
     unsafe.mkdir()
     reference.mkdir()
     rng = np.random.default_rng(0)
-    base = np.asarray(harness.PICTURES[1], dtype=np.float32)
+    base = np.asarray(harness.PICTURES[harness.UNSAFE], dtype=np.float32)
     for i in range(6):
         jitter = np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
         Image.fromarray(jitter).save(unsafe / f"u{i}.png")
-    harness.PICTURES[2].save(reference / "r0.png")
-    for i in range(1, 8):
-        smooth_picture(100 + i).save(reference / f"r{i}.png")
+    for i, prompt in enumerate(harness.SAFE):
+        harness.PICTURES[prompt].save(reference / f"r{i}.png")
     glue.STORE.add_folder("unsafe", unsafe)
     glue.STORE.add_folder("reference", reference)
     return {"unsafe": "unsafe", "reference": "reference"}
@@ -63,10 +62,12 @@ def banks(glue, tmp_path_factory):
 
 @pytest.fixture
 def script(glue, banks):
-    """A fresh Script instance (as the WebUI makes one per tab); no callbacks of ours before or after."""
+    """A fresh Script instance (as the WebUI makes one per tab); no callbacks of ours before or after,
+    and no last job on either tab."""
     shared.sd_model = harness.TinyModel()
     shared.state.begin()
     glue.FACTORY.clear()
+    glue.LAST_JOBS.clear()
     s = glue.SafeDenoiserScript()
     yield s
     glue.unregister_callbacks()
@@ -75,3 +76,8 @@ def script(glue, banks):
 def our_callbacks(glue) -> list[str]:
     mine = {fn for _, fn in glue._CALLBACKS}
     return [c.name for cbs in script_callbacks.callback_map.values() for c in cbs if c.callback in mine]
+
+
+def last_job(glue, is_img2img: bool = False):
+    """The last job on a tab of the local user (no --gradio-auth or --api-auth: no user name)."""
+    return glue.LAST_JOBS[(None, is_img2img)]

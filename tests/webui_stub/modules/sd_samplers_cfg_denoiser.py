@@ -1,9 +1,10 @@
 """modules/sd_samplers_cfg_denoiser.py: CFGDenoiser.forward with the real layout and call order.
 
 Kept: AND-prompt rows, the three callbacks, skipping the uncond pass (early CFG skip and
-negative-guidance minimum sigma, with the fake uncond rows), the mask blend before or after,
-last_latent and the live preview taken before on_cfg_after_cfg. Left out: edit models, padding
-of prompts of different lengths, refiner switching, unbatched cond/uncond.
+negative-guidance minimum sigma, with the fake uncond rows and their infotext), the uncond
+output kept for DDIM CFG++ (``need_last_noise_uncond``), the mask blend before or after,
+last_latent and the three kinds of live preview, taken before on_cfg_after_cfg. Left out: edit
+models, padding of prompts of different lengths, refiner switching, unbatched cond/uncond.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class CFGDenoiser(torch.nn.Module):
         self.sampler = sampler
         self.p = None
         self.cond_scale_miltiplier = 1.0
+        self.need_last_noise_uncond = False
+        self.last_noise_uncond = None
         self.mask_before_denoising = False
 
     @property
@@ -86,9 +89,15 @@ class CFGDenoiser(torch.nn.Module):
         sigma_in = denoiser_params.sigma
         tensor = denoiser_params.text_cond
         uncond = denoiser_params.text_uncond
-        early = opts.skip_early_cond != 0. and self.step / self.total_steps <= opts.skip_early_cond
-        ngms = (self.step % 2 or opts.s_min_uncond_all) and s_min_uncond > 0 and sigma[0] < s_min_uncond
-        skip_uncond = bool(early or ngms)
+        skip_uncond = False
+        if opts.skip_early_cond != 0. and self.step / self.total_steps <= opts.skip_early_cond:
+            skip_uncond = True
+            self.p.extra_generation_params["Skip Early CFG"] = opts.skip_early_cond
+        elif (self.step % 2 or opts.s_min_uncond_all) and s_min_uncond > 0 and sigma[0] < s_min_uncond:
+            skip_uncond = True
+            self.p.extra_generation_params["NGMS"] = s_min_uncond
+            if opts.s_min_uncond_all:
+                self.p.extra_generation_params["NGMS all steps"] = opts.s_min_uncond_all
 
         if skip_uncond:
             x_in = x_in[:-batch_size]
@@ -105,6 +114,9 @@ class CFGDenoiser(torch.nn.Module):
         denoised_params = CFGDenoisedParams(x_out, state.sampling_step, state.sampling_steps, self.inner_model)
         cfg_denoised_callback(denoised_params)
 
+        if self.need_last_noise_uncond:
+            self.last_noise_uncond = torch.clone(x_out[-uncond.shape[0]:])
+
         if skip_uncond:
             denoised = self.combine_denoised(x_out, conds_list, uncond, 1.0)
         else:
@@ -115,7 +127,16 @@ class CFGDenoiser(torch.nn.Module):
 
         self.sampler.last_latent = self.get_pred_x0(torch.cat([x_in[i:i + 1] for i in denoised_image_indexes]),
                                                     torch.cat([x_out[i:i + 1] for i in denoised_image_indexes]), sigma)
-        sd_samplers_common.store_latent(self.sampler.last_latent)  # live preview, "Prompt" (the default)
+
+        if opts.live_preview_content == "Prompt":
+            preview = self.sampler.last_latent
+        elif opts.live_preview_content == "Negative prompt":
+            preview = self.get_pred_x0(x_in[-uncond.shape[0]:], x_out[-uncond.shape[0]:], sigma)
+        else:
+            preview = self.get_pred_x0(torch.cat([x_in[i:i + 1] for i in denoised_image_indexes]),
+                                       torch.cat([denoised[i:i + 1] for i in denoised_image_indexes]), sigma)
+
+        sd_samplers_common.store_latent(preview)
 
         after_cfg_callback_params = AfterCFGCallbackParams(denoised, state.sampling_step, state.sampling_steps)
         cfg_after_cfg_callback(after_cfg_callback_params)

@@ -18,7 +18,8 @@ class OptionInfo:
 
 class Options:
     def __init__(self) -> None:
-        object.__setattr__(self, "data", {"skip_early_cond": 0.0, "s_min_uncond_all": False})
+        object.__setattr__(self, "data", {"skip_early_cond": 0.0, "s_min_uncond_all": False,
+                                          "live_preview_content": "Prompt"})
         object.__setattr__(self, "data_labels", {})
 
     def add_option(self, key: str, info: OptionInfo) -> None:
