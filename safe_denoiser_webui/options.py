@@ -15,7 +15,6 @@ OPT_DEFAULT_RESIZE = "safe_denoiser_default_resize"
 OPT_CACHE_LIMIT_MB = "safe_denoiser_cache_limit_mb"
 OPT_UPLOAD_MAX_FILES = "safe_denoiser_upload_max_files"
 OPT_UPLOAD_MAX_MB = "safe_denoiser_upload_max_mb"
-OPT_OPERATORS = "safe_denoiser_operators"
 OPT_FOLDER_IMPORT = "safe_denoiser_folder_import"
 
 FOLDER_IMPORT_CHOICES = ("operators", "nobody")
@@ -27,7 +26,6 @@ DEFAULTS: dict[str, Any] = {
     OPT_CACHE_LIMIT_MB: 4096,
     OPT_UPLOAD_MAX_FILES: 500,
     OPT_UPLOAD_MAX_MB: 512,
-    OPT_OPERATORS: "",
     OPT_FOLDER_IMPORT: "operators",
 }
 

@@ -1,4 +1,8 @@
-"""The bank store and the denoiser factory of this WebUI process, under its ``--data-dir``."""
+"""The stores of this WebUI process, all under its ``--data-dir``: banks, presets and the operator's policy.
+
+Every process sharing the data dir reads the same files (each store re-reads on every use), so a
+change made in one process applies in the others from their next request.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,14 @@ from modules import paths_internal
 from lib_safe_denoiser.banks.store import BankStore
 from lib_safe_denoiser.cli import STORE_SUBDIR
 from lib_safe_denoiser.generation.job import DenoiserFactory
+from lib_safe_denoiser.policy.operator_policy import PolicyStore
+from lib_safe_denoiser.policy.presets_store import PresetStore
 from safe_denoiser_webui.options import OPT_CACHE_LIMIT_MB, option
 
-STORE = BankStore(os.path.join(paths_internal.data_path, STORE_SUBDIR))
+ROOT = os.path.join(paths_internal.data_path, STORE_SUBDIR)
+STORE = BankStore(ROOT)
+PRESET_STORE = PresetStore(os.path.join(ROOT, "presets"))
+POLICY_STORE = PolicyStore(os.path.join(ROOT, "policy"))
 FACTORY = DenoiserFactory(STORE)
 
 

@@ -1,20 +1,30 @@
-"""The WebUI's users as the extension sees them: its auth flags, our operators setting and the
-upload limits from the settings (the rules themselves are in ``lib_safe_denoiser.policy.users``)."""
+"""The WebUI's users as the extension sees them: its auth flags, who the operators are and the
+upload limits from the settings (the rules themselves are in ``lib_safe_denoiser.policy.users``).
+
+Operators are named in one place an ordinary user cannot reach: the ``--safe-denoiser-operators``
+flag (``preload.py``) set by whoever starts the WebUI, plus the ``operators`` of the policy file,
+which only operators can change. Without any auth configured everyone is one local user and an operator.
+"""
 
 from __future__ import annotations
+
+import logging
 
 from modules import shared
 
 from lib_safe_denoiser.banks.inputs import MIB, InputLimits
-from lib_safe_denoiser.policy.users import User, make_user
+from lib_safe_denoiser.policy.operator_policy import PolicyError
+from lib_safe_denoiser.policy.users import User, make_user, parse_names
 from safe_denoiser_webui.options import (
     FOLDER_IMPORT_CHOICES,
     OPT_FOLDER_IMPORT,
-    OPT_OPERATORS,
     OPT_UPLOAD_MAX_FILES,
     OPT_UPLOAD_MAX_MB,
     option,
 )
+from safe_denoiser_webui.services import POLICY_STORE
+
+logger = logging.getLogger(__name__)
 
 
 def api_auth() -> str | None:
@@ -32,9 +42,20 @@ def auth_enabled() -> bool:
     return bool(api_auth()) or ui_users_configured()
 
 
+def operator_names() -> str:
+    """The operators, comma-separated: the command-line flag's, then the policy's (an unreadable
+    policy adds none: it cannot be trusted to name anyone)."""
+    names = sorted(parse_names(getattr(shared.cmd_opts, "safe_denoiser_operators", None)))
+    try:
+        names += [n for n in POLICY_STORE.load().operators if n not in names]
+    except PolicyError as e:
+        logger.error("safe denoiser: %s", e)
+    return ",".join(names)
+
+
 def current_user(name: str | None) -> User:
     """The user behind a UI event (``gr.Request.username``) or an authenticated API call."""
-    return make_user(name, option(OPT_OPERATORS), auth_enabled())
+    return make_user(name, operator_names(), auth_enabled())
 
 
 def folder_import_enabled() -> bool:

@@ -20,21 +20,26 @@ from modules.ui_components import InputAccordion
 from lib_safe_denoiser.core.config import MODES
 from lib_safe_denoiser.errors import SafeDenoiserError
 from lib_safe_denoiser.generation.args import FIELDS, ArgsError, SafeDenoiserArgs
-from lib_safe_denoiser.generation.infotext import INFOTEXT_FIELDS, KEY_ERROR, from_infotext
+from lib_safe_denoiser.generation.infotext import INFOTEXT_FIELDS, KEY_ERROR, from_infotext, policy_infotext
 from lib_safe_denoiser.generation.job import Job
-from lib_safe_denoiser.policy.bank_access import visible_bank, visible_names
-from lib_safe_denoiser.policy.builtin_presets import DEFAULT_PRESET, PRESETS, preset_fields, preset_names
+from lib_safe_denoiser.policy.bank_access import visible_names
+from lib_safe_denoiser.policy.builtin_presets import DEFAULT_PRESET
+from lib_safe_denoiser.policy.job_plan import job_banks, plan_job
+from lib_safe_denoiser.policy.operator_policy import PolicyError, locked_settings_in
+from lib_safe_denoiser.policy.presets_store import PresetError
 from lib_safe_denoiser.policy.request_user import api_user
 from lib_safe_denoiser.policy.users import User
 from safe_denoiser_webui.model import encoder_for, model_problem, vae_id
 from safe_denoiser_webui.options import OPT_ENCODE_BATCH, OPT_STEER_HIRES, option
-from safe_denoiser_webui.services import FACTORY, STORE
-from safe_denoiser_webui.users import current_user
+from safe_denoiser_webui.preset_panel import VALUE_FIELDS, PresetPanel
+from safe_denoiser_webui.services import FACTORY, POLICY_STORE, PRESET_STORE, STORE
+from safe_denoiser_webui.users import auth_enabled, current_user
 from safe_denoiser_webui.xyz import XYZ_ATTR
 
 TITLE = "Safe Denoiser"
 JOB_ATTR = "safe_denoiser_job"
 ERROR_ATTR = "safe_denoiser_error"
+PANEL = PresetPanel(PRESET_STORE)
 LAST_JOBS: dict[tuple[str | None, bool], Job] = {}
 """The last finished job per (user, tab is_img2img), for the diagnostics panel: nobody sees another's."""
 
@@ -98,7 +103,7 @@ def _step_callback(body):
 
 @_step_callback
 def on_cfg_denoiser(params: script_callbacks.CFGDenoiserParams, job: Job, denoiser: Any) -> None:
-    job.steering.capture(params.x, params.sigma)
+    job.steering.capture(params.x, params.sigma, params.sampling_step, params.total_sampling_steps)
 
 
 @_step_callback
@@ -150,6 +155,21 @@ def _mark_failed(p: Any, message: str) -> None:
     shared.state.interrupt()
 
 
+def drop_locked_overrides(p: Any) -> None:
+    """Remove the settings the operator locked from the job's ``override_settings`` before the WebUI
+    applies them (the REST routes refuse such requests outright), and say so on the job."""
+    overrides = getattr(p, "override_settings", None) or {}
+    try:
+        locked = locked_settings_in(overrides, POLICY_STORE.load()) if overrides else []
+    except PolicyError as e:
+        _mark_failed(p, f"{e}")
+        return
+    for key in locked:
+        del overrides[key]
+    if locked:
+        p.comment(f"Safe denoiser: the operator locked {', '.join(locked)}; the override was ignored.")
+
+
 def _progress(done: int, total: int) -> None:
     shared.state.textinfo = f"Safe denoiser: encoding bank images {done}/{total}"
 
@@ -165,12 +185,13 @@ class SafeDenoiserScript(scripts.Script):
     def ui(self, is_img2img: bool) -> list[Any]:
         labels = {f.name: f.label for f in FIELDS}
         d = SafeDenoiserArgs()
+        anyone = current_user(None)
         with InputAccordion(False, label=TITLE, elem_id=self.elem_id("enabled")) as enabled:
             with gr.Row():
-                bank = gr.Dropdown(label=labels["bank"], choices=visible_names(STORE, current_user(None)), value="",
-                                   elem_id=self.elem_id("bank"))
+                bank = gr.Dropdown(label=labels["bank"], choices=visible_names(STORE, anyone), value=[],
+                                   multiselect=True, elem_id=self.elem_id("bank"))
                 refresh = gr.Button(value="\U0001f504", elem_classes=["tool"], elem_id=self.elem_id("refresh"))
-                preset = gr.Dropdown(label=labels["preset"], choices=preset_names(), value=DEFAULT_PRESET,
+                preset = gr.Dropdown(label=labels["preset"], choices=PANEL.choices(anyone), value=DEFAULT_PRESET,
                                      elem_id=self.elem_id("preset"))
             with gr.Row():
                 mode = gr.Radio(label=labels["mode"], choices=list(MODES), value=d.mode, elem_id=self.elem_id("mode"))
@@ -184,7 +205,7 @@ class SafeDenoiserScript(scripts.Script):
             with gr.Accordion("Advanced", open=False):
                 with gr.Row():
                     reference_bank = gr.Dropdown(label=labels["reference_bank"], value="",
-                                                 choices=visible_names(STORE, current_user(None)),
+                                                 choices=visible_names(STORE, anyone),
                                                  elem_id=self.elem_id("reference_bank"))
                     prior = gr.Slider(label=labels["prior"], minimum=0.001, maximum=0.999, step=0.001,
                                       value=d.prior, elem_id=self.elem_id("prior"))
@@ -194,6 +215,20 @@ class SafeDenoiserScript(scripts.Script):
                     gate = gr.Checkbox(label=labels["gate"], value=d.gate, elem_id=self.elem_id("gate"))
                     gate_margin = gr.Slider(label=labels["gate_margin"], minimum=0.0, maximum=10.0, step=0.05,
                                             value=d.gate_margin, elem_id=self.elem_id("gate_margin"))
+            with gr.Accordion("Presets", open=False):
+                with gr.Row():
+                    preset_name = gr.Textbox(label="Preset name (save as, rename to)", max_lines=1,
+                                             elem_id=self.elem_id("preset_name"))
+                    preset_global = gr.Checkbox(label="Global: for every user (operators only)", value=False,
+                                                elem_id=self.elem_id("preset_global"))
+                with gr.Row():
+                    save = gr.Button(value="Save", elem_id=self.elem_id("preset_save"))
+                    rename = gr.Button(value="Rename", elem_id=self.elem_id("preset_rename"))
+                    delete = gr.Button(value="Delete", elem_id=self.elem_id("preset_delete"))
+                    make_default = gr.Button(value="Make it my default", elem_id=self.elem_id("preset_default"))
+                    load_default = gr.Button(value="Load my default", elem_id=self.elem_id("load_default"))
+                preset_status = gr.Textbox(label="Presets", value=anyone_note(), interactive=False, max_lines=2,
+                                           elem_id=self.elem_id("preset_status"))
             with gr.Accordion("Diagnostics of the last generation", open=False):
                 show = gr.Button(value="Show", elem_id=self.elem_id("show_diagnostics"))
                 summary = gr.Markdown(value="")
@@ -202,8 +237,46 @@ class SafeDenoiserScript(scripts.Script):
                                     elem_id=self.elem_id("plot"))
                     nearest = gr.Gallery(label="Nearest bank images", columns=4, elem_id=self.elem_id("nearest"))
 
-        recipe_outputs = [mode, strength, bandwidth, gate, window_start, window_end]
-        preset.change(fn=preset_updates, inputs=[preset], outputs=recipe_outputs, show_progress=False)
+        values = [bank, mode, strength, window_start, window_end, reference_bank, prior, bandwidth, gate, gate_margin]
+        by_name = dict(zip(VALUE_FIELDS, values, strict=True))
+
+        def on_preset(name: str, request: gr.Request) -> list[Any]:
+            status, updates = PANEL.load(name, request_identity(request))
+            return [status, *updates]
+
+        def on_save(name: str, shared_: bool, *current: Any, request: gr.Request) -> tuple[str, Any]:
+            return PANEL.save(name, shared_, current, request_identity(request))
+
+        def on_rename(name: str, new_name: str, request: gr.Request) -> tuple[str, Any]:
+            return PANEL.rename(name, new_name, request_identity(request))
+
+        def on_delete(name: str, request: gr.Request) -> tuple[str, Any]:
+            return PANEL.delete(name, request_identity(request))
+
+        def on_make_default(name: str, request: gr.Request) -> str:
+            return PANEL.set_default(name, request_identity(request))
+
+        def on_load_default(request: gr.Request) -> list[Any]:
+            """Page load (javascript/safe_denoiser.js clicks this): the user's default preset and banks,
+            and the accordion hidden where the operator enforces a preset and hides it from users."""
+            user = request_identity(request)
+            chosen = PANEL.default(user)
+            status, updates = PANEL.load(chosen.name, user) if chosen else (anyone_note(user), [gr.update()] * 10)
+            return [gr.update(visible=not accordion_hidden(user)), PANEL.dropdown(user, chosen and chosen.name),
+                    status, *updates]
+
+        preset.input(fn=on_preset, inputs=[preset], outputs=[preset_status, *values], show_progress=False)
+        save.click(fn=on_save, inputs=[preset_name, preset_global, *[by_name[f] for f in VALUE_FIELDS]],
+                   outputs=[preset_status, preset], show_progress=False)
+        rename.click(fn=on_rename, inputs=[preset, preset_name], outputs=[preset_status, preset], show_progress=False)
+        delete.click(fn=on_delete, inputs=[preset], outputs=[preset_status, preset], show_progress=False)
+        make_default.click(fn=on_make_default, inputs=[preset], outputs=[preset_status], show_progress=False)
+        load_default.click(fn=on_load_default, inputs=[], outputs=[enabled.accordion, preset, preset_status, *values],
+                           show_progress=False)
+        def preset_choices(request: gr.Request) -> Any:
+            return PANEL.dropdown(request_identity(request))
+
+        preset.focus(fn=preset_choices, inputs=[], outputs=[preset], show_progress=False)
 
         def refresh_banks(request: gr.Request) -> list[Any]:
             return [bank_choices(request)] * 2
@@ -226,29 +299,39 @@ class SafeDenoiserScript(scripts.Script):
     #    postprocess_batch_list) per batch and pass -> postprocess
     def before_process(self, p: Any, *args: Any) -> None:
         unregister_callbacks()  # whatever a job that died left behind
+        drop_locked_overrides(p)
 
     def process(self, p: Any, *args: Any) -> None:
+        user = generation_user(p)
         try:
             a = SafeDenoiserArgs.from_script_args(args)
             overrides = getattr(p, XYZ_ATTR, None)
-            if overrides:
+            if overrides:  # an XYZ axis value is the user's request too: the policy applies after it
                 a = SafeDenoiserArgs.from_dict({**a.as_dict(), **overrides})
-        except ArgsError as e:
+            plan = plan_job(a, user, PRESET_STORE, POLICY_STORE.load())
+        except (ArgsError, PresetError) as e:
             _mark_failed(p, f"bad arguments: {e}.")
             return
-        if not a.enabled:
+        except SafeDenoiserError as e:  # an unreadable policy, or enforcement that cannot be set up
+            _mark_failed(p, f"{e}")
+            return
+        resolved = plan.resolved
+        if resolved is None:
+            p.extra_generation_params.update(policy_infotext(None, plan.notes))
             return
         problem = model_problem(p.sd_model)
         try:
             if problem:
                 raise SafeDenoiserError(problem)
-            user = generation_user(p)
-            bank = visible_bank(STORE, a.bank, user)
-            reference = visible_bank(STORE, a.reference_bank, user) if a.mode == "odds" else None
+            banks, reference = job_banks(plan, STORE, user)
         except SafeDenoiserError as e:
-            _mark_failed(p, f"{e}")
+            if resolved.fail_closed:
+                _mark_failed(p, f"{e}")
+            else:
+                p.extra_generation_params.update(policy_infotext(None, [*plan.notes, f"not steered: {e}"]))
             return
-        job = Job(a.settled(), bank, reference, p=p)
+        job = Job(resolved.args, banks, reference, p=p, preset=resolved.preset, notes=plan.notes,
+                  fail_closed=resolved.fail_closed, enforced=resolved.enforced)
         setattr(p, JOB_ATTR, job)
         p.extra_generation_params.update(job.infotext())
         register_callbacks(job)
@@ -258,7 +341,7 @@ class SafeDenoiserScript(scripts.Script):
         if job is None or job.error is not None:
             return
         hires = bool(getattr(p, "is_hr_pass", False))
-        if hires and not option(OPT_STEER_HIRES):
+        if hires and not option(OPT_STEER_HIRES) and not job.enforced:  # enforced jobs steer every pass
             job.start_pass(None, new_image=False)
             return
         x = kwargs["x"]
@@ -267,7 +350,13 @@ class SafeDenoiserScript(scripts.Script):
                                  vae_id=vae_id(p.sd_model), latent_shape=tuple(x.shape[1:]),
                                  batch_size=int(option(OPT_ENCODE_BATCH)), progress=_progress)
         except Exception as e:  # noqa: BLE001 - a bad bank must not crash or pass unsteered
-            fail_job(job, f"cannot prepare bank {job.bank.name!r}: {e}")
+            message = f"cannot prepare bank {job.bank_names!r}: {e}"
+            if job.fail_closed:
+                fail_job(job, message)
+            else:  # the operator lets enforced jobs through unsteered when steering cannot be set up
+                job.notes = (*job.notes, f"not steered: {message}")
+                job.start_pass(None, new_image=not hires)
+                p.extra_generation_params.update(job.infotext())
             return
         job.start_pass(safe, new_image=not hires)
 
@@ -287,14 +376,6 @@ class SafeDenoiserScript(scripts.Script):
 
 
 # ---------------------------------------------------------------------------------- UI helpers
-def preset_updates(name: str) -> list[Any]:
-    """Component updates for a chosen preset (nothing changes for "custom")."""
-    if name not in PRESETS:
-        return [gr.update()] * 6
-    f = preset_fields(name)
-    return [gr.update(value=f[k]) for k in ("mode", "strength", "bandwidth", "gate", "window_start", "window_end")]
-
-
 def bank_choices(request: gr.Request) -> Any:
     """The bank dropdowns' choices as they are on disk now, for the user of this page."""
     return gr.update(choices=visible_names(STORE, current_user(request_user(request))))
@@ -305,6 +386,26 @@ def request_user(request: gr.Request | None) -> str | None:
     return getattr(request, "username", None)
 
 
+def request_identity(request: gr.Request | None) -> User:
+    return current_user(request_user(request))
+
+
+def anyone_note(user: User | None = None) -> str:
+    """What the presets panel says when nothing was loaded: who the presets belong to."""
+    if not auth_enabled():
+        return "This WebUI has no logins: everyone shares one set of presets (and may change the global ones)."
+    return f"Your presets are yours alone; signed in as {user.label}." if user and user.name else ""
+
+
+def accordion_hidden(user: User) -> bool:
+    """Whether the operator's policy hides the accordion from ``user`` (an unreadable policy hides it:
+    generations are refused anyway until an operator repairs it)."""
+    try:
+        return POLICY_STORE.load().hides_from(user.operator)
+    except PolicyError:
+        return not user.operator
+
+
 def generation_user(p: Any) -> User:
     """Who a job runs for: the UI user (``p.user``), else the authenticated REST caller."""
     return current_user(getattr(p, "user", None) or api_user())
@@ -312,7 +413,10 @@ def generation_user(p: Any) -> User:
 
 def _paste(field: str):
     def read(params: dict[str, Any]) -> Any:
-        return from_infotext(params).get(field)
+        value = from_infotext(params).get(field)
+        if field == "bank" and value is not None:  # the multiselect takes a list
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
 
     return read
 
@@ -323,12 +427,13 @@ def diagnostics(is_img2img: bool, request: gr.Request | None = None) -> tuple[st
     if job is None:
         return "No generation with the safe denoiser yet.", None, []
     s = job.trace.summary()
-    text = (f"Bank **{job.bank.name}** ({job.bank.short_hash}), mode {job.args.mode}: acted on "
+    hashes = ", ".join(b.short_hash for b in job.banks)
+    text = (f"Bank **{job.bank_names}** ({hashes}), mode {job.args.mode}: acted on "
             f"{s.acted_steps}/{s.total_steps} steps, max beta {s.max_beta:.3g}.")
     if job.error:
         text += f"\n\nError: {job.error}"
     try:
-        paths = STORE.image_paths(job.bank.name)
+        paths = [path for bank in job.banks for path in STORE.image_paths(bank.name)]
         nearest = [str(paths[i]) for i in job.trace.nearest_indices(4) if i < len(paths)]
     except SafeDenoiserError:
         nearest = []

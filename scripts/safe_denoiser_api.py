@@ -1,5 +1,6 @@
-"""WebUI glue: the extension's REST surface: argument checks on the WebUI's generation routes, and
-the bank routes under ``/safe-denoiser/v1`` (``lib_safe_denoiser/banks/routes.py``)."""
+"""WebUI glue: the extension's REST surface: checks on the WebUI's generation and options routes
+(``lib_safe_denoiser/generation/api_validation.py``), and the bank, preset and policy routes under
+``/safe-denoiser/v1`` (``lib_safe_denoiser/banks/routes.py``, ``lib_safe_denoiser/policy/routes.py``)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from modules import script_callbacks
 from lib_safe_denoiser.banks.routes import API_PREFIX, BankApi, RouteSettings, build_router
 from lib_safe_denoiser.generation.api_validation import ArgsValidationMiddleware
 from lib_safe_denoiser.policy.request_user import RequestUserMiddleware
+from lib_safe_denoiser.policy.routes import add_routes
 from lib_safe_denoiser.policy.users import parse_auth
 from safe_denoiser_webui import users
 from safe_denoiser_webui.encoding import encode_now
-from safe_denoiser_webui.options import OPT_DEFAULT_RESIZE, OPT_OPERATORS, option
-from safe_denoiser_webui.services import STORE
+from safe_denoiser_webui.options import OPT_DEFAULT_RESIZE, option
+from safe_denoiser_webui.services import POLICY_STORE, PRESET_STORE, STORE
 
 
 def route_settings() -> RouteSettings:
@@ -23,7 +25,7 @@ def route_settings() -> RouteSettings:
     return RouteSettings(
         api_auth=users.api_auth(),
         other_users=users.ui_users_configured(),
-        operators=option(OPT_OPERATORS),
+        operators=users.operator_names(),
         folder_import=users.folder_import_enabled(),
         limits=users.upload_limits(),
         default_resize=option(OPT_DEFAULT_RESIZE),
@@ -40,15 +42,17 @@ def bank_api() -> BankApi:
 
 
 def on_app_started(demo: Any, app: Any) -> None:
-    """Check alwayson_scripts args of generation requests (422 naming the field), tell a generation which
-    ``--api-auth`` user asked for it (the WebUI sets no user on API jobs), and mount the bank
-    routes; ``demo`` is None with ``--nowebui``, which changes nothing here."""
+    """Check generation and options requests (bad args 422, locked settings 403, refused jobs as HTTP
+    errors), tell a generation which ``--api-auth`` user asked for it (the WebUI sets no user on API
+    jobs), and mount our routes; ``demo`` is None with ``--nowebui``, which changes nothing here."""
     if not any(m.cls is ArgsValidationMiddleware for m in app.user_middleware):
         app.middleware_stack = None  # as the WebUI does itself: rebuilt with ours on the next request
-        app.add_middleware(ArgsValidationMiddleware)
+        app.add_middleware(ArgsValidationMiddleware, policy=POLICY_STORE.load)
         app.add_middleware(RequestUserMiddleware, credentials=lambda: parse_auth(users.api_auth()))
     if not any(getattr(route, "path", "").startswith(API_PREFIX + "/") for route in app.routes):
-        app.include_router(build_router(bank_api()))
+        router = build_router(bank_api())
+        add_routes(router, PRESET_STORE, POLICY_STORE)
+        app.include_router(router)
 
 
 script_callbacks.on_app_started(on_app_started)

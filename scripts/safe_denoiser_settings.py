@@ -24,8 +24,6 @@ def on_ui_settings() -> None:
         gr.Number, {"precision": 0, "minimum": 0})
     add(o.OPT_UPLOAD_MAX_FILES, "Most images in one upload (files or a zip)", gr.Number, {"precision": 0, "minimum": 1})
     add(o.OPT_UPLOAD_MAX_MB, "Largest upload in MB (all files together)", gr.Number, {"precision": 0, "minimum": 1})
-    add(o.OPT_OPERATORS, "Operators: user names (comma-separated) who may manage shared banks and import from "
-        "server folders; without --gradio-auth/--api-auth everyone is one local user and counts as operator")
     add(o.OPT_FOLDER_IMPORT, "Who may add images from folders on the server", gr.Radio,
         {"choices": list(o.FOLDER_IMPORT_CHOICES)})
 

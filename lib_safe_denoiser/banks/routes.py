@@ -41,6 +41,8 @@ from lib_safe_denoiser.banks.inputs import MIB, InputLimits, SkippedFile, images
 from lib_safe_denoiser.banks.store import AddReport, BankInfo, BankStore
 from lib_safe_denoiser.errors import BankError, BankNotFoundError, EncodeCancelled
 from lib_safe_denoiser.generation.schema import args_schema
+from lib_safe_denoiser.policy.operator_policy import PolicyConflictError, PolicyError
+from lib_safe_denoiser.policy.presets_store import PresetConflictError, PresetError, PresetNotFoundError
 from lib_safe_denoiser.policy.users import (
     AccessError,
     User,
@@ -270,8 +272,12 @@ def _problem_of(exc: Exception) -> ApiProblem | None:
         return exc
     if isinstance(exc, AccessError):
         return ApiProblem(403, str(exc))
-    if isinstance(exc, BankNotFoundError):
+    if isinstance(exc, (BankNotFoundError, PresetNotFoundError)):
         return ApiProblem(404, str(exc))
+    if isinstance(exc, (PresetConflictError, PolicyConflictError)):
+        return ApiProblem(409, str(exc))
+    if isinstance(exc, (PresetError, PolicyError)):
+        return ApiProblem(422, str(exc))
     if isinstance(exc, BankError):
         return ApiProblem(422, str(exc))
     if isinstance(exc, RequestValidationError):

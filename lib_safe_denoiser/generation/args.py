@@ -19,7 +19,13 @@ from lib_safe_denoiser.banks.inputs import validate_bank_name
 from lib_safe_denoiser.core.config import MODES, SafeDenoiserConfig
 from lib_safe_denoiser.core.schedules import timestep_to_sigma
 from lib_safe_denoiser.errors import BankError, SafeDenoiserError
-from lib_safe_denoiser.policy.builtin_presets import CUSTOM, DEFAULT_PRESET, preset_fields, preset_names
+from lib_safe_denoiser.policy.builtin_presets import CUSTOM, DEFAULT_PRESET, PRESETS, preset_fields, preset_names
+
+MAX_BANKS = 16
+"""Banks one generation (or one saved preset) may negate at once."""
+BANK_SEPARATOR = ", "
+"""Several negation banks travel as one text, "a, b" (bank names cannot hold a comma): the UI's
+multiselect, the REST list form and infotext all turn into it, and XYZ values stay one name each."""
 
 
 class ArgsError(SafeDenoiserError, ValueError):
@@ -67,7 +73,7 @@ class Field:
 
 FIELDS: tuple[Field, ...] = (
     Field("enabled", "Enable", bool),
-    Field("bank", "Negation bank", str),
+    Field("bank", "Negation banks", str),
     Field("preset", "Preset", str),
     Field("mode", "Mode", str),
     Field("strength", "Strength", float, Bounds(low=0.0)),
@@ -83,7 +89,22 @@ FIELD_NAMES = tuple(f.name for f in FIELDS)
 _KINDS = {f.name: f.kind for f in FIELDS}
 
 
+def _bank_list(value: Any) -> str:
+    """One or several bank names (a list, or "a, b") as the canonical text; blanks dropped."""
+    if isinstance(value, (list, tuple)):
+        if not all(isinstance(v, str) for v in value):
+            raise ArgsError(f"field 'bank' must be a bank name or a list of bank names, got {value!r}")
+        value = ",".join(value)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ArgsError(f"field 'bank' must be a bank name or a list of bank names, got {value!r}")
+    return BANK_SEPARATOR.join(n.strip() for n in value.split(",") if n.strip())
+
+
 def _coerce(name: str, value: Any) -> Any:
+    if name == "bank":
+        return _bank_list(value)
     kind = _KINDS[name]
     if kind is bool:
         if isinstance(value, bool):
@@ -121,7 +142,11 @@ class SafeDenoiserArgs:
         for name in FIELD_NAMES:
             object.__setattr__(self, name, _coerce(name, getattr(self, name)))
         if self.preset not in preset_names():
-            raise ArgsError(f"field 'preset' must be one of {preset_names()}, got {self.preset!r}")
+            try:  # a saved preset's name (resolved in the caller's scopes by the front-end)
+                validate_bank_name(self.preset)
+            except BankError:
+                raise ArgsError(f"field 'preset' must be one of {preset_names()} or the name of a saved preset, "
+                                f"got {self.preset!r}") from None
         if self.mode not in MODES:
             raise ArgsError(f"field 'mode' must be one of {list(MODES)}, got {self.mode!r}")
         if not 0.0 <= self.window_start <= self.window_end <= 1.0:
@@ -131,18 +156,31 @@ class SafeDenoiserArgs:
             problem = f.bounds.problem(f.name, getattr(self, f.name)) if f.bounds else None
             if problem:
                 raise ArgsError(problem)
-        for name in ("bank", "reference_bank"):
-            value = getattr(self, name)
-            if value:
+        for name, values in (("bank", self.banks), ("reference_bank", (self.reference_bank,))):
+            for value in filter(None, values):
                 try:
                     validate_bank_name(value)
                 except BankError as exc:
                     raise ArgsError(f"field {name!r}: {exc}") from None
+        if len(self.banks) > MAX_BANKS:
+            raise ArgsError(f"field 'bank' names {len(self.banks)} banks; at most {MAX_BANKS} are accepted")
+        if len({b.casefold() for b in self.banks}) != len(self.banks):
+            raise ArgsError(f"field 'bank' names a bank twice (names ignore case): {self.bank!r}")
         if self.enabled and not self.bank:
             raise ArgsError("field 'bank' is required when the safe denoiser is enabled: choose a negation bank")
         if self.enabled and self.mode == "odds" and not self.reference_bank:
             raise ArgsError("field 'reference_bank' is required in the odds mode: choose a bank of generic "
                             "safe images")
+
+    @property
+    def banks(self) -> tuple[str, ...]:
+        """The negation banks, in the order given."""
+        return tuple(self.bank.split(BANK_SEPARATOR)) if self.bank else ()
+
+    @property
+    def saved_preset(self) -> bool:
+        """Whether ``preset`` names a saved preset (looked up by the front-end), not a built-in recipe."""
+        return self.preset not in preset_names()
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -197,11 +235,13 @@ class SafeDenoiserArgs:
         return self.replace(preset=name, **preset_fields(name))
 
     def settled(self) -> SafeDenoiserArgs:
-        """The same arguments, named "custom" when their numbers are no longer the preset's.
+        """The same arguments, named "custom" when their numbers are no longer the built-in preset's.
 
         Infotext then says what really ran, and pasting it back does not re-apply the preset
-        over the user's own numbers.
+        over the user's own numbers. A saved preset's name is left for the front-end to resolve.
         """
+        if self.preset not in PRESETS:
+            return self
         recipe = preset_fields(self.preset)
         if any(getattr(self, k) != v for k, v in recipe.items()):
             return self.replace(preset=CUSTOM)

@@ -19,10 +19,11 @@ import torch
 from lib_safe_denoiser.banks.store import BankInfo, BankStore
 from lib_safe_denoiser.core.config import SafeDenoiserConfig
 from lib_safe_denoiser.core.denoiser import SafeDenoiser
-from lib_safe_denoiser.generation.args import SafeDenoiserArgs
-from lib_safe_denoiser.generation.infotext import KEY_ERROR, to_infotext
+from lib_safe_denoiser.generation.args import BANK_SEPARATOR, SafeDenoiserArgs
+from lib_safe_denoiser.generation.infotext import KEY_BANK, KEY_ERROR, policy_infotext, to_infotext
 from lib_safe_denoiser.generation.steering import Steering
 from lib_safe_denoiser.generation.trace import GenerationTrace
+from lib_safe_denoiser.policy.presets_store import PresetRef
 
 logger = logging.getLogger(__name__)
 
@@ -32,12 +33,23 @@ Progress = Callable[[int, int], None]
 
 @dataclass
 class Job:
-    """What the extension does to one generation; ``p`` is the WebUI's processing object."""
+    """What the extension does to one generation; ``p`` is the WebUI's processing object.
+
+    ``banks`` are every bank it negates (the user's, then the operator's always-on ones), as one
+    negation set. ``preset`` and ``notes`` (what the operator's policy changed) go to infotext.
+    ``fail_closed``: a failure refuses the job; False only where an operator enforces steering but
+    chose to let jobs through unsteered when it cannot be set up. ``enforced``: the operator's policy
+    switched this job on or raised it (every pass is then steered, hires fix included).
+    """
 
     args: SafeDenoiserArgs
-    bank: BankInfo
+    banks: tuple[BankInfo, ...]
     reference: BankInfo | None
     p: object = None
+    preset: PresetRef | None = None
+    notes: tuple[str, ...] = ()
+    fail_closed: bool = True
+    enforced: bool = False
     trace: GenerationTrace = field(default_factory=GenerationTrace)
     steering: Steering | None = None
     error: str | None = None
@@ -57,9 +69,15 @@ class Job:
             self.error = message
             logger.error("safe denoiser: %s", message)
 
+    @property
+    def bank_names(self) -> str:
+        return BANK_SEPARATOR.join(b.name for b in self.banks)
+
     def infotext(self) -> dict[str, str]:
         summary = self.trace.summary() if self.trace.steps else None
-        out = to_infotext(self.args, self.bank.short_hash, summary)
+        out = to_infotext(self.args, BANK_SEPARATOR.join(b.short_hash for b in self.banks), summary)
+        out[KEY_BANK] = self.bank_names  # the operator's always-on banks too: what really ran
+        out.update(policy_infotext(self.preset, self.notes))
         if self.error is not None:
             out[KEY_ERROR] = self.error
         return out
@@ -67,7 +85,7 @@ class Job:
 
 @dataclass(frozen=True)
 class _Key:
-    bank: str
+    banks: tuple[str, ...]
     reference: str
     vae_id: str
     latent_hw: tuple[int, int]
@@ -93,7 +111,8 @@ class DenoiserFactory:
         """The denoiser for latents of ``latent_shape`` (C, h, w) made by ``vae_id``."""
         channels, h, w = latent_shape
         config = job.args.to_config(alphas_cumprod.detach().double().cpu())
-        key = _Key(job.bank.content_hash, job.reference.content_hash if job.reference else "", vae_id, (h, w), config)
+        key = _Key(tuple(b.content_hash for b in job.banks), job.reference.content_hash if job.reference else "",
+                   vae_id, (h, w), config)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
@@ -106,7 +125,8 @@ class DenoiserFactory:
                                  f"samples {channels}-channel latents; it was made for another model family")
             return lat
 
-        safe = SafeDenoiser(latents(job.bank), latents(job.reference) if job.reference else None, config)
+        negation = torch.cat([latents(b) for b in job.banks]) if len(job.banks) > 1 else latents(job.banks[0])
+        safe = SafeDenoiser(negation, latents(job.reference) if job.reference else None, config)
         self._cache[key] = safe
         while len(self._cache) > self.capacity:
             self._cache.popitem(last=False)

@@ -14,7 +14,7 @@ from typing import Any
 from lib_safe_denoiser.banks.inputs import MAX_NAME_LEN
 from lib_safe_denoiser.core.config import MODES
 from lib_safe_denoiser.generation.api_validation import SCRIPT_KEY
-from lib_safe_denoiser.generation.args import FIELDS, Field, SafeDenoiserArgs
+from lib_safe_denoiser.generation.args import FIELDS, MAX_BANKS, Field, SafeDenoiserArgs
 from lib_safe_denoiser.policy.builtin_presets import preset_names
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -24,14 +24,18 @@ JSON_TYPES: dict[type, str] = {bool: "boolean", float: "number", str: "string"}
 BOUNDS: dict[str, dict[str, float]] = {f.name: f.bounds.json_schema() for f in FIELDS if f.bounds}
 """The ranges the argument model enforces (``Field.bounds``), as JSON schema keywords."""
 
-BANK_FIELDS = ("bank", "reference_bank")
+NAME_PATTERN = rf"[A-Za-z0-9_\-](?:[A-Za-z0-9 _.\-]{{0,{MAX_NAME_LEN - 2}}}[A-Za-z0-9_\-])?"
+"""A bank or saved preset name (``validate_bank_name``'s rules, as far as a pattern can say them)."""
+NAME_SCHEMA: dict[str, Any] = {"type": "string", "pattern": f"^{NAME_PATTERN}$"}
+BANKS_TEXT_PATTERN = f"^ *(?:{NAME_PATTERN} *(?:, *{NAME_PATTERN} *)*)?$"
 
 NOTES: dict[str, str] = {
     "window_start": "Fraction of the sampling timeline; must be <= window_end.",
     "window_end": "Fraction of the sampling timeline; must be >= window_start.",
-    "bank": "Name of a negation bank; required when enabled.",
+    "bank": "A negation bank's name, several as a list or as one text \"a, b\"; required when enabled.",
     "reference_bank": "Name of a bank of generic safe images; required when enabled in the odds mode.",
-    "preset": "In the named form, a preset fills the fields the request leaves out.",
+    "preset": "A built-in recipe or a saved preset (yours first, then the global ones); in the named form it fills "
+              "the fields the request leaves out.",
 }
 
 
@@ -48,8 +52,14 @@ def field_schema(field: Field) -> dict[str, Any]:
     if name in choices:
         schema["enum"] = choices[name]
     schema.update(BOUNDS.get(name, {}))
-    if name in BANK_FIELDS:
-        schema["maxLength"] = MAX_NAME_LEN
+    if name == "preset":
+        schema["anyOf"] = [{"enum": schema.pop("enum")}, NAME_SCHEMA]
+    if name == "reference_bank":
+        schema["anyOf"] = [{"const": ""}, NAME_SCHEMA]
+    if name == "bank":
+        schema.pop("type")
+        schema["anyOf"] = [{"type": "string", "pattern": BANKS_TEXT_PATTERN},
+                           {"type": "array", "items": NAME_SCHEMA, "maxItems": MAX_BANKS}]
     if name in NOTES:
         schema["description"] = NOTES[name]
     return schema
@@ -57,7 +67,7 @@ def field_schema(field: Field) -> dict[str, Any]:
 
 def _required_when(condition: dict[str, Any], field: str) -> dict[str, Any]:
     return {"if": {"properties": condition, "required": list(condition)},
-            "then": {"properties": {field: {"minLength": 1}}, "required": [field]}}
+            "then": {"properties": {field: {"minLength": 1, "minItems": 1}}, "required": [field]}}
 
 
 def args_schema() -> dict[str, Any]:

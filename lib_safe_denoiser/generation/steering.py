@@ -22,6 +22,8 @@ from lib_safe_denoiser.generation.trace import GenerationTrace
 class _Captured:
     x_in: torch.Tensor
     sigma_in: torch.Tensor
+    tick: int | None
+    total: int | None
     steered: bool = False
 
 
@@ -32,12 +34,19 @@ class Steering:
         self.safe = safe
         self.trace = trace
         self._captured: _Captured | None = None
+        trace.begin_pass()
 
-    def capture(self, x_in: torch.Tensor, sigma_in: torch.Tensor) -> None:
-        """Keep the model inputs of this step ([cond rows..., one uncond row per image])."""
+    def capture(self, x_in: torch.Tensor, sigma_in: torch.Tensor, tick: int | None = None,
+                total: int | None = None) -> None:
+        """Keep the model inputs of this call ([cond rows..., one uncond row per image]).
+
+        ``tick`` and ``total`` are the WebUI's progress counter and the pass's step count
+        (``params.sampling_step``, ``params.total_sampling_steps``): the trace counts sampling steps
+        with them; without them each model call counts as a step.
+        """
         if x_in.ndim < 2 or sigma_in.ndim != 1 or sigma_in.shape[0] != x_in.shape[0]:
             raise ValueError(f"model inputs of shape {tuple(x_in.shape)} with sigma of shape {tuple(sigma_in.shape)}")
-        self._captured = _Captured(x_in, sigma_in)
+        self._captured = _Captured(x_in, sigma_in, tick, total)
 
     def steer_outputs_(self, x_out: torch.Tensor, conds_list: CondsList, cond_scale: float,
                        alphas_cumprod: torch.Tensor | None = None) -> None:
@@ -54,12 +63,14 @@ class Steering:
 
     def steer_combined(self, combined: torch.Tensor, alphas_cumprod: torch.Tensor | None = None) -> torch.Tensor:
         """The combined prediction [B, ...] corrected, unless this step's outputs already were."""
-        cap, self._captured = self._captured, None
+        cap = self._captured
         if cap is None or cap.steered:
+            self._captured = None
             return combined
         n = combined.shape[0]
         delta = correction_delta(combined, cap.x_in[-n:], cap.sigma_in[-n:], self._correct,
                                  alphas_cumprod=alphas_cumprod)
+        self._captured = None
         return combined if delta is None else combined + delta.to(combined.dtype)
 
     @property
@@ -75,5 +86,6 @@ class Steering:
 
     def _correct(self, x_t: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
         out = self.safe.correct(x_t, sigma, denoised)
-        self.trace.record(len(self.trace.steps), self.safe.last_diagnostics)
+        cap = self._require()
+        self.trace.record(self.safe.last_diagnostics, cap.tick, cap.total)
         return out

@@ -43,7 +43,7 @@ from lib_safe_denoiser.banks.files import atomic_write_bytes
 from lib_safe_denoiser.banks.inputs import MAX_DESCRIPTION_LEN, clean_text, validate_bank_name
 from lib_safe_denoiser.banks.locks import LOCK_TIMEOUT_S, InterProcessLock
 from lib_safe_denoiser.errors import BankError, SafeDenoiserError
-from lib_safe_denoiser.generation.args import FIELD_NAMES, ArgsError, SafeDenoiserArgs
+from lib_safe_denoiser.generation.args import FIELD_NAMES, MAX_BANKS, ArgsError, SafeDenoiserArgs
 from lib_safe_denoiser.policy.builtin_presets import CUSTOM, PRESETS
 from lib_safe_denoiser.policy.users import AccessError
 
@@ -61,7 +61,7 @@ PRESET_ARG_FIELDS: tuple[str, ...] = tuple(n for n in FIELD_NAMES if n not in ("
 PAYLOAD_KEYS: tuple[str, ...] = ("banks", "description", *PRESET_ARG_FIELDS)
 
 MAX_PRESETS_PER_SCOPE = 500
-MAX_PRESET_BANKS = 16
+MAX_PRESET_BANKS = MAX_BANKS
 MAX_USER_NAME_LEN = 256
 FILE_VERSION = 1
 
@@ -142,8 +142,8 @@ class PresetRef:
 class ResolvedArgs:
     """A generation's arguments with every bank it negates and the preset they came from.
 
-    ``args.bank`` is the first of ``banks`` (the argument model holds one bank; the operator's
-    always-on banks make more). ``enforced``: the operator's policy switched this job on or raised
+    ``args.banks`` come first in ``banks``; the operator's always-on banks may follow them.
+    ``enforced``: the operator's policy switched this job on or raised
     it. ``fail_closed``: a failure while preparing or steering must refuse the job rather than
     let it generate unsteered.
     """
@@ -155,9 +155,9 @@ class ResolvedArgs:
     fail_closed: bool = True
 
     def __post_init__(self) -> None:
-        banks = tuple(self.banks) or ((self.args.bank,) if self.args.bank else ())
-        if banks and self.args.bank != banks[0]:
-            raise ValueError(f"args.bank {self.args.bank!r} must be the first of banks {list(banks)}")
+        banks = tuple(self.banks) or self.args.banks
+        if banks[:len(self.args.banks)] != self.args.banks:
+            raise ValueError(f"args.banks {list(self.args.banks)} must come first in banks {list(banks)}")
         object.__setattr__(self, "banks", banks)
 
     @classmethod
@@ -211,9 +211,9 @@ class SavedPreset:
         own_bank = not (own is None or (isinstance(own, str) and not own.strip()))
         values = {**self.values(), "preset": self.numbers.preset, **fields}
         if not own_bank:
-            values["bank"] = self.banks[0] if self.banks else ""
+            values["bank"] = list(self.banks)
         args = SafeDenoiserArgs.from_dict(values)
-        return ResolvedArgs(args, (args.bank,) if own_bank else self.banks, self.ref)
+        return ResolvedArgs(args, args.banks, self.ref)
 
     # -------------------------------------------------------------- (de)serialisation
     @classmethod
@@ -235,7 +235,7 @@ class SavedPreset:
             raise PresetError(f"preset {name!r}: {e}") from None
         values = {k: payload[k] for k in PRESET_ARG_FIELDS if k in payload}
         try:  # validated as a job that uses it would be, so a saved preset always runs
-            SafeDenoiserArgs(**values, enabled=bool(banks), bank=banks[0] if banks else "", preset=CUSTOM)
+            SafeDenoiserArgs(**values, enabled=bool(banks), bank=list(banks), preset=CUSTOM)
             numbers = SafeDenoiserArgs(**values, preset=CUSTOM)
         except ArgsError as e:
             raise PresetError(f"preset {name!r}: {e}") from None

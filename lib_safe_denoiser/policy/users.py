@@ -3,9 +3,9 @@
 The WebUI knows its users only as names in ``--api-auth`` / ``--gradio-auth`` ("user:pass,user2:pass2").
 Without either, everyone is the one anonymous local user, who may do everything. With users, a bank is
 either shared (no owner; everyone sees it, operators manage it) or private to the user who made it
-(nobody else sees it, operators included may not change it). Operators are the user names listed in the
-"operators" setting. These rules are pure functions here so the REST routes and the bank tab apply the
-same ones.
+(nobody else sees it, operators included may not change it). Operators are the user names given by the
+--safe-denoiser-operators flag and the policy file. These rules are pure functions here so the REST
+routes and the bank tab apply the same ones.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def parse_auth(spec: str | None) -> dict[str, str]:
 
 
 def parse_names(csv: str | None) -> frozenset[str]:
-    """A comma-separated list of user names (the operators setting), blanks dropped."""
+    """A comma-separated list of user names (the operators flag), blanks dropped."""
     return frozenset(name.strip() for name in (csv or "").split(",") if name.strip())
 
 
@@ -120,7 +120,7 @@ def require_operator(user: User, action: str) -> None:
     """``AccessError`` unless ``user`` is an operator; ``action`` says what was refused."""
     if not user.operator:
         raise AccessError(f"only operators may {action}; {user.label} is not one "
-                          "(see the 'operators' setting of the Safe Denoiser section)")
+                          "(operators are named by --safe-denoiser-operators and in the Safe Denoiser policy)")
 
 
 def owner_for_new_bank(user: User, shared: bool) -> str | None:

@@ -52,11 +52,29 @@ def test_dict_form_fills_from_preset_and_names_bad_fields():
     assert filled.strength == 0.5 and filled.mode == "paper"
 
 
+def test_several_banks_travel_as_one_canonical_text():
+    """The UI's multiselect (a list), the REST list form and "a, b" text all give the same arguments."""
+    from_list = SafeDenoiserArgs(bank=["faces", " logos "])
+    from_text = SafeDenoiserArgs(bank="faces,logos,  ")
+    assert from_list == from_text
+    assert from_list.bank == "faces, logos" and from_list.banks == ("faces", "logos")
+    assert SafeDenoiserArgs(bank="").banks == () and SafeDenoiserArgs(bank=None).banks == ()
+
+
+def test_a_saved_presets_name_is_accepted_and_left_for_the_front_end():
+    a = SafeDenoiserArgs(preset="my faces", strength=0.9)
+    assert a.saved_preset and a.settled().preset == "my faces"
+    assert not SafeDenoiserArgs().saved_preset and not SafeDenoiserArgs(preset="custom").saved_preset
+
+
 @pytest.mark.parametrize("fields, message", [
     ({"enabled": True}, "'bank' is required"),
     ({"enabled": True, "bank": "x", "mode": "odds"}, "'reference_bank' is required"),
     ({"mode": "turbo"}, "'mode' must be one of"),
-    ({"preset": "mine"}, "'preset' must be one of"),
+    ({"preset": "../mine"}, "'preset' must be one of .* or the name of a saved preset"),
+    ({"bank": ["a", 3]}, "'bank' must be a bank name or a list"),
+    ({"bank": "a, b, A"}, "names a bank twice"),
+    ({"bank": [f"b{i}" for i in range(17)]}, "at most 16"),
     ({"strength": -0.1}, "'strength' must be >= 0"),
     ({"window_start": 0.5, "window_end": 0.2}, "window_start"),
     ({"prior": 1.0}, "'prior'"),

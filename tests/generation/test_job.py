@@ -53,7 +53,7 @@ def store(tmp_path_factory):
 def job(store: BankStore, bank: str = "a", **fields) -> Job:
     args = SafeDenoiserArgs(enabled=True, bank=bank, preset="custom", **{"mode": "constant", **fields})
     reference = store.get(fields["reference_bank"]) if fields.get("mode") == "odds" else None
-    return Job(args, store.get(bank), reference)
+    return Job(args, (store.get(bank),), reference)
 
 
 def build(factory: DenoiserFactory, j: Job, encoder: Encoder, vae: str = "vae-1", shape=LATENT) -> SafeDenoiser:
@@ -61,7 +61,7 @@ def build(factory: DenoiserFactory, j: Job, encoder: Encoder, vae: str = "vae-1"
 
 
 def test_a_new_image_starts_a_new_trace_a_hires_pass_continues_it():
-    j = Job(SafeDenoiserArgs(bank="x"), None, None)
+    j = Job(SafeDenoiserArgs(bank="x"), (), None)
     safe = SafeDenoiser(torch.zeros(1, *LATENT), None, SafeDenoiserConfig(mode="constant"))
     j.start_pass(safe, new_image=True)
     first = j.trace
@@ -162,6 +162,6 @@ def test_factory_defaults_keep_two_denoisers_and_encode_four_images_per_call(sto
 
 def test_paper_jobs_get_the_papers_config(store):
     factory = DenoiserFactory(store)
-    j = Job(SafeDenoiserArgs(enabled=True, bank="a").with_preset("a person / memorised image"), store.get("a"), None)
+    j = Job(SafeDenoiserArgs(enabled=True, bank="a").with_preset("a person / memorised image"), (store.get("a"),), None)
     safe = build(factory, j, Encoder())
     assert safe.config.mode == "paper" and safe.config.scale == 0.69 and math.isinf(safe.config.gate_margin)

@@ -49,18 +49,28 @@ def test_every_field_is_there_with_type_label_and_default():
     for f, by_position in zip(FIELDS, positional, strict=True):
         prop = named["properties"][f.name]
         assert prop == by_position
-        assert prop["type"] == JSON_TYPES[f.kind] and prop["title"] == f.label
+        if f.name != "bank":  # one name as text, or several as a list
+            assert prop["type"] == JSON_TYPES[f.kind]
+        assert prop["title"] == f.label
         assert prop["default"] == getattr(defaults, f.name)
 
 
 def test_choices_are_the_validators():
     props = SCHEMA["$defs"]["fields"]["properties"]
     assert props["mode"]["enum"] == list(MODES)
-    assert props["preset"]["enum"] == preset_names()
+    assert props["preset"]["anyOf"][0]["enum"] == preset_names()
     for mode in MODES:
         assert validator_accepts([{"mode": mode}]) and schema_accepts([{"mode": mode}])
     for preset in preset_names():
         assert validator_accepts([{"preset": preset}]) and schema_accepts([{"preset": preset}])
+
+
+@pytest.mark.parametrize("fields", [
+    {"preset": "my faces"}, {"bank": "faces"}, {"bank": "faces, logos"}, {"bank": ["faces", "logos"]},
+    {"enabled": True, "bank": ["faces"]}, {"reference_bank": "generic"},
+])
+def test_saved_presets_and_several_banks_pass_both(fields):
+    assert validator_accepts([fields]) and schema_accepts([fields])
 
 
 def test_defaults_validate_in_both_forms():
@@ -87,7 +97,8 @@ def test_schema_and_validator_agree_at_every_bound(name, value):
 
 @pytest.mark.parametrize("args", [
     [{"mode": "turbo"}],
-    [{"preset": "mine"}],
+    [{"preset": "../mine"}],
+    [{"bank": ["a", "../b"]}],
     [{"strength": "high"}],
     [{"strength": True}],
     [{"enabled": "yes"}],
@@ -100,7 +111,7 @@ def test_schema_and_validator_agree_at_every_bound(name, value):
     [{"enabled": True}, 1.0],
     [True, {"bank": "b"}],
     [False] * (len(FIELDS) + 1),
-    [False, "", "mine"],
+    [False, "", "../mine"],
     ["yes"],
     [False, "", "custom", "paper", -1.0],
 ])

@@ -115,5 +115,5 @@ def test_each_correction_is_one_trace_step_in_order():
     for sigma in (3.0, 2.0, 1.0):
         steering.capture(x_in, torch.full((4,), sigma))
         steering.steer_outputs_(rows.clone(), CONDS, 1.0)
-    assert [s.step for s in steering.trace.steps] == [0, 1, 2]
+    assert [s.call for s in steering.trace.steps] == [0, 1, 2]
     assert [s.sigma for s in steering.trace.steps] == [3.0, 2.0, 1.0]

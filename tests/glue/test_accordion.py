@@ -77,7 +77,7 @@ def test_strings_are_translatable_and_the_panels_start_closed(script):
     unlabelled = [i for i, c in elements.items() if c["type"] != "button" and not c["props"].get("label")]
     assert unlabelled == [], "every element but a button says what it is"
     accordions = [c for c in config["components"] if c["type"] == "accordion"]
-    titles = ["Safe Denoiser", "Advanced", "Diagnostics of the last generation"]
+    titles = ["Safe Denoiser", "Advanced", "Presets", "Diagnostics of the last generation"]
     assert [a["props"]["label"] for a in accordions] == titles
     assert not any(a["props"]["open"] for a in accordions)
     prefix = "script_txt2img_safe_denoiser_"
@@ -102,12 +102,15 @@ def test_events_do_what_their_elements_say(script, glue, is_img2img):
     summary = next(c["id"] for c in config["components"] if c["type"] == "markdown")
     events = {(tuple(d["targets"]), d["trigger"]): (d, demo.fns[i]) for i, d in enumerate(config["dependencies"])}
 
-    dep, fn = events[((field["preset"],), "change")]
-    assert dep["inputs"] == [field["preset"]] and dep["outputs"] == [field[name] for name in RECIPE]
+    dep, fn = events[((field["preset"],), "input")]
+    status = ident[f"script_{tab}_safe_denoiser_preset_status"]
+    values = [field[name] for name in FIELD_NAMES if name not in ("enabled", "preset")]
+    assert dep["inputs"] == [field["preset"]] and dep["outputs"] == [status, *values]
     assert dep["show_progress"] == "hidden"
     chosen = preset_fields("a person / memorised image")
-    assert [u["value"] for u in fn.fn("a person / memorised image")] == [chosen[k] for k in RECIPE]
-    assert fn.fn("custom") == [gr.update()] * len(RECIPE), "custom keeps the user's numbers"
+    loaded = dict(zip(FIELD_NAMES[1:2] + FIELD_NAMES[3:], fn.fn("a person / memorised image", None)[1:], strict=True))
+    assert {k: loaded[k]["value"] for k in RECIPE} == {k: chosen[k] for k in RECIPE}
+    assert fn.fn("custom", None)[1:] == [gr.update()] * len(values), "custom keeps the user's numbers"
 
     dep, fn = events[((ident[f"script_{tab}_safe_denoiser_refresh"],), "click")]
     assert dep["inputs"] == [] and dep["outputs"] == [field["bank"], field["reference_bank"]]

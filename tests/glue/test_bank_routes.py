@@ -43,6 +43,11 @@ ROUTES = [
     ("GET", "/banks/{name}/export"), ("POST", "/banks/{name}/folder"),
 ]
 NAMED_ROUTES = [r for r in ROUTES if "{name}" in r[1]]
+POLICY_ROUTES = [
+    ("GET", "/presets"), ("GET", "/presets/{name}"), ("POST", "/presets"), ("PATCH", "/presets/{name}"),
+    ("DELETE", "/presets/{name}"), ("PUT", "/default-preset"), ("GET", "/policy"), ("PUT", "/policy"),
+    ("PATCH", "/policy"),
+]
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -683,14 +688,14 @@ def webui(glue, monkeypatch):
 def test_mounted_once_by_the_app_started_callback(webui):
     client, _ = webui
     mounted = [r for r in client.app.routes if getattr(r, "path", "").startswith(V + "/")]
-    assert len(mounted) == len(ROUTES)
+    assert sorted((m, r.path[len(V):]) for r in mounted for m in r.methods) == sorted(ROUTES + POLICY_ROUTES)
     assert client.get(f"{V}/version").json()["version"] == lib_safe_denoiser.__version__
 
 
-def test_webui_auth_and_operators_come_from_its_flags_and_settings(webui, monkeypatch, glue):
+def test_webui_auth_and_operators_come_from_its_flags(webui, monkeypatch, glue):
     client, made = webui
     monkeypatch.setattr(shared.cmd_opts, "api_auth", "alice:a-pw,bob:b-pw")
-    monkeypatch.setitem(shared.opts.data, options.OPT_OPERATORS, "alice")
+    monkeypatch.setattr(shared.cmd_opts, "safe_denoiser_operators", "alice")
     assert client.get(f"{V}/banks").status_code == 401
     assert client.get(f"{V}/banks", headers=basic("alice", "nope")).status_code == 401
     made.append("routes-glue-shared")

@@ -433,7 +433,7 @@ def test_the_webui_script_registers_the_tab_and_encodes_with_the_loaded_model(gl
     assert shared.state.job == ""  # encode_now ended its WebUI job
 
     shared.cmd_opts.gradio_auth = "alice:pw,root:pw"
-    shared.opts.data["safe_denoiser_operators"] = "root"
+    shared.cmd_opts.safe_denoiser_operators = "root"
     try:
         assert tab_script.is_operator("root") and not tab_script.is_operator("alice")
         alice = Driver(None, blocks, user="alice")
@@ -444,4 +444,4 @@ def test_the_webui_script_registers_the_tab_and_encodes_with_the_loaded_model(gl
         assert "Only operators may change the shared bank 'unsafe'" in alice.status()
     finally:
         shared.cmd_opts.gradio_auth = None
-        shared.opts.data.pop("safe_denoiser_operators")
+        shared.cmd_opts.safe_denoiser_operators = None

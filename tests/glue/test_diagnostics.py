@@ -21,7 +21,8 @@ SIX_OF_THE_BANKS_PICTURE = [[(harness.UNSAFE, 1.0)]] * 6
 
 def summary_line(job) -> str:
     s = job.trace.summary()
-    return (f"Bank **{job.bank.name}** ({job.bank.short_hash}), mode {job.args.mode}: acted on "
+    (bank,) = job.banks
+    return (f"Bank **{bank.name}** ({bank.short_hash}), mode {job.args.mode}: acted on "
             f"{s.acted_steps}/{s.total_steps} steps, max beta {s.max_beta:.3g}.")
 
 

@@ -12,7 +12,6 @@ from modules import script_callbacks, shared
 
 from lib_safe_denoiser.generation.infotext import KEY_ERROR, KEY_HASH
 from lib_safe_denoiser.policy.request_user import api_user
-from safe_denoiser_webui.options import OPT_OPERATORS
 from tests.glue import harness
 from tests.glue.conftest import smooth_picture
 
@@ -20,15 +19,15 @@ from tests.glue.conftest import smooth_picture
 @pytest.fixture
 def with_users(glue, banks, tmp_path):
     """Auth on (alice and bob; nobody is an operator) and a private bank of alice's."""
-    before = shared.cmd_opts.api_auth, shared.opts.data.get(OPT_OPERATORS)
+    before = shared.cmd_opts.api_auth, shared.cmd_opts.safe_denoiser_operators
     shared.cmd_opts.api_auth = "alice:pw1,bob:pw2"
-    shared.opts.data[OPT_OPERATORS] = ""
+    shared.cmd_opts.safe_denoiser_operators = None
     picture = tmp_path / "a.png"
     smooth_picture(1).save(picture)
     glue.STORE.create("alice-private", [picture], owner="alice", overwrite=True)
     yield
     glue.STORE.delete("alice-private")
-    shared.cmd_opts.api_auth, shared.opts.data[OPT_OPERATORS] = before
+    shared.cmd_opts.api_auth, shared.cmd_opts.safe_denoiser_operators = before
 
 
 def args(bank):

@@ -14,6 +14,7 @@ from lib_safe_denoiser.generation.api_validation import ArgsValidationMiddleware
 from lib_safe_denoiser.generation.args import FIELDS, SafeDenoiserArgs
 from lib_safe_denoiser.generation.infotext import to_infotext
 from lib_safe_denoiser.policy.builtin_presets import preset_fields
+from safe_denoiser_webui.preset_panel import VALUE_FIELDS
 
 
 def build_ui(script, is_img2img=False):
@@ -36,11 +37,13 @@ def test_ui_returns_one_component_per_field_with_defaults_and_labels(script):
 
 
 def test_preset_choice_fills_the_recipe(glue):
-    updates = glue.preset_updates("a person / memorised image")
-    values = [u["value"] for u in updates]
+    anyone = glue.current_user(None)
+    status, updates = glue.PANEL.load("a person / memorised image", anyone)
+    by_field = dict(zip(VALUE_FIELDS, updates, strict=True))
     f = preset_fields("a person / memorised image")
-    assert values == [f[k] for k in ("mode", "strength", "bandwidth", "gate", "window_start", "window_end")]
-    assert all(u == gr.update() for u in glue.preset_updates("custom"))
+    assert {k: by_field[k]["value"] for k in f} == f and status == "Loaded 'a person / memorised image' (built-in)."
+    assert by_field["bank"] == gr.update() and by_field["reference_bank"] == gr.update(), "a recipe names no bank"
+    assert glue.PANEL.load("custom", anyone) == ("", [gr.update()] * len(VALUE_FIELDS))
 
 
 def test_pasting_infotext_restores_the_fields(script, glue):

@@ -253,7 +253,7 @@ def test_a_request_naming_a_builtin_or_no_preset_keeps_the_argument_models_rules
     assert tweaked.preset is None and tweaked.args.preset == CUSTOM  # no longer the recipe's numbers
     with pytest.raises(ArgsError, match="'bank' is required"):
         store.resolve_fields({"enabled": True}, "alice")
-    with pytest.raises(ValueError, match="first of banks"):
+    with pytest.raises(ValueError, match="must come first in banks"):
         ResolvedArgs(SafeDenoiserArgs(enabled=True, bank="a"), ("b",))
 
 

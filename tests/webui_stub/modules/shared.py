@@ -59,9 +59,11 @@ class State:
 
 
 class CmdOpts:
-    """The command-line flags the glue reads (``--api-auth``, ``--gradio-auth(-path)``, ``--nowebui``)."""
+    """The command-line flags the glue reads (``--api-auth``, ``--gradio-auth(-path)``, ``--nowebui``, and the
+    extension's own ``--safe-denoiser-operators`` that its ``preload.py`` adds to the WebUI's parser)."""
 
     api_auth: str | None = None
+    safe_denoiser_operators: str | None = None
     gradio_auth: str | None = None
     gradio_auth_path: str | None = None
     nowebui = False
