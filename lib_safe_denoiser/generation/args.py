@@ -166,6 +166,8 @@ class SafeDenoiserArgs:
             raise ArgsError(f"field 'bank' names {len(self.banks)} banks; at most {MAX_BANKS} are accepted")
         if len({b.casefold() for b in self.banks}) != len(self.banks):
             raise ArgsError(f"field 'bank' names a bank twice (names ignore case): {self.bank!r}")
+        if self.saved_preset:
+            return  # the preset may supply the banks: checked again once it is resolved
         if self.enabled and not self.bank:
             raise ArgsError("field 'bank' is required when the safe denoiser is enabled: choose a negation bank")
         if self.enabled and self.mode == "odds" and not self.reference_bank:

@@ -66,7 +66,9 @@ def field_schema(field: Field) -> dict[str, Any]:
 
 
 def _required_when(condition: dict[str, Any], field: str) -> dict[str, Any]:
-    return {"if": {"properties": condition, "required": list(condition)},
+    """``field`` is required under ``condition``, unless a saved preset (which may supply it) is named."""
+    builtin = {"preset": {"enum": preset_names()}}
+    return {"if": {"properties": {**condition, **builtin}, "required": list(condition)},
             "then": {"properties": {field: {"minLength": 1, "minItems": 1}}, "required": [field]}}
 
 

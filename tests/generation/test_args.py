@@ -65,6 +65,8 @@ def test_a_saved_presets_name_is_accepted_and_left_for_the_front_end():
     a = SafeDenoiserArgs(preset="my faces", strength=0.9)
     assert a.saved_preset and a.settled().preset == "my faces"
     assert not SafeDenoiserArgs().saved_preset and not SafeDenoiserArgs(preset="custom").saved_preset
+    named = SafeDenoiserArgs.from_dict({"enabled": True, "preset": "my faces", "mode": "odds"})
+    assert named.banks == () and named.reference_bank == "", "the saved preset may supply the banks"
 
 
 @pytest.mark.parametrize("fields, message", [

@@ -67,7 +67,8 @@ def test_choices_are_the_validators():
 
 @pytest.mark.parametrize("fields", [
     {"preset": "my faces"}, {"bank": "faces"}, {"bank": "faces, logos"}, {"bank": ["faces", "logos"]},
-    {"enabled": True, "bank": ["faces"]}, {"reference_bank": "generic"},
+    {"enabled": True, "bank": ["faces"]}, {"reference_bank": "generic"}, {"enabled": True, "preset": "my faces"},
+    {"enabled": True, "preset": "my faces", "mode": "odds"},
 ])
 def test_saved_presets_and_several_banks_pass_both(fields):
     assert validator_accepts([fields]) and schema_accepts([fields])
