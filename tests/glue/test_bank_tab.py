@@ -417,8 +417,10 @@ def test_the_tab_module_runs_without_the_webui():
 def test_the_webui_script_registers_the_tab_and_encodes_with_the_loaded_model(glue, banks):
     tab_script = sys.modules["scripts.safe_denoiser_tab"]  # loaded by the glue fixture, as the WebUI loads it
     assert tab_script.on_ui_tabs in [c.callback for c in script_callbacks.callback_map["callbacks_ui_tabs"]]
-    [(blocks, title, tab_id)] = tab_script.on_ui_tabs()
+    [(blocks, title, tab_id), (policy, policy_title, policy_id)] = tab_script.on_ui_tabs()
     assert isinstance(blocks, gr.Blocks) and (title, tab_id) == ("Safe Denoiser", "safe_denoiser")
+    assert isinstance(policy, gr.Blocks) and (policy_title, policy_id) == ("Safe Denoiser policy",
+                                                                          "safe_denoiser_policy")
     blocks.queue()
     d = Driver(None, blocks)
     d.run(blocks, "load")
