@@ -16,6 +16,7 @@ real FastAPI app.
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -78,12 +79,17 @@ def settings_problem(path: str, payload: Any, policy: OperatorPolicy) -> str | N
     return locked_settings_problem(keys, policy) if isinstance(keys, dict) and keys else None
 
 
-def refusal(body: bytes) -> str | None:
-    """The reason the extension refused a generation, read from the WebUI's answer, or None."""
+def refusal(body: bytes, encoding: str = "") -> str | None:
+    """The reason the extension refused a generation, read from the WebUI's answer, or None.
+
+    ``encoding``: the answer's Content-Encoding (the WebUI gzips answers for clients that accept it).
+    """
     try:
+        if encoding == "gzip":
+            body = gzip.decompress(body)
         info = json.loads(json.loads(body)["info"])
         reason = info["extra_generation_params"][KEY_ERROR]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, OSError, EOFError):
         return None
     return str(reason)
 
@@ -157,7 +163,9 @@ def _refusing(send: Send, status: int) -> Send:
         body.extend(message.get("body", b""))
         if message.get("more_body", False):
             return
-        reason = refusal(bytes(body)) if start.get("status") == 200 else None
+        headers = {k.lower(): v for k, v in start.get("headers", ())}
+        encoding = headers.get(b"content-encoding", b"").decode("latin-1").strip().lower()
+        reason = refusal(bytes(body), encoding) if start.get("status") == 200 else None
         if reason is not None:
             await _reject(send, f"safe denoiser: {reason}", status)
             return

@@ -158,8 +158,9 @@ def test_bank_lifecycle_create_encode_generate_export_delete_import(webui, new_b
     assert r.status_code == 200 and r.json() == {"deleted": name}
     r = webui.get(f"{V}/banks/{name}")
     assert r.status_code == 404 and name in r.json()["detail"]
-    images, gone = generate(webui, name)
-    assert images == [] and name in gone["extra_generation_params"]["Safe denoiser error"], "fails closed"
+    gone = webui.post("/sdapi/v1/txt2img", json={**GENERATE, "alwayson_scripts": {
+        "safe denoiser": {"args": [{**STEER, "bank": name}]}}})
+    assert gone.status_code == 422 and f"no bank named '{name}'" in gone.json()["detail"], "fails closed"
 
     r = webui.post(f"{V}/banks/import", files={"file": (f"{name}.zip", archive, "application/zip")})
     assert r.status_code == 201, r.text

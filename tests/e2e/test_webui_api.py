@@ -114,15 +114,17 @@ def test_bad_args_are_rejected_naming_the_field(webui, args, field):
 
 
 def test_missing_bank_fails_closed(webui, banks):
-    images, info = txt2img(webui, [{"enabled": True, "bank": "no-such-bank"}])
-    assert images == [] and "no-such-bank" in info["extra_generation_params"]["Safe denoiser error"]
+    r = webui.post("/sdapi/v1/txt2img", json={**BASE, "alwayson_scripts": {
+        "safe denoiser": {"args": [{"enabled": True, "bank": "no-such-bank"}]}}})
+    assert r.status_code == 422 and "images" not in r.json(), "refused: an HTTP error, no images"
+    assert r.json()["detail"].startswith("safe denoiser: no bank named 'no-such-bank'")
     plain, _ = txt2img(webui)
     assert len(plain) == 2  # the next job is unaffected
 
 
 def test_script_info_lists_labelled_args(webui):
     info = [s for s in webui.get("/sdapi/v1/script-info").json() if s["name"] == "safe denoiser"]
-    assert info and [a["label"] for a in info[0]["args"]][:4] == ["Safe Denoiser", "Negation bank", "Preset", "Mode"]
+    assert info and [a["label"] for a in info[0]["args"]][:4] == ["Safe Denoiser", "Negation banks", "Preset", "Mode"]
 
 
 def _png(array):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import URL
+from tests.e2e.conftest import CREDENTIALS, URL
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -27,6 +27,10 @@ def page(webui):
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         pg = browser.new_page(viewport={"width": 1400, "height": 1800})
         pg.goto(URL + "/", timeout=120_000)
+        if CREDENTIALS and pg.locator("input[type=password]").count():  # --gradio-auth: its login form first
+            pg.locator("input[type=text]").first.fill(CREDENTIALS[0])
+            pg.locator("input[type=password]").first.fill(CREDENTIALS[1])
+            pg.keyboard.press("Enter")
         pg.wait_for_selector("#script_txt2img_safe_denoiser_enabled", timeout=120_000)
         yield pg
         browser.close()

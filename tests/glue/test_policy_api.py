@@ -9,6 +9,7 @@ import json
 
 import pytest
 from fastapi import FastAPI
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.testclient import TestClient
 from modules import script_callbacks, shared
 
@@ -48,6 +49,7 @@ def client(glue, banks, monkeypatch):
     def options(body: dict) -> dict:
         return {"applied": sorted(body)}
 
+    app.add_middleware(GZipMiddleware, minimum_size=10)  # the WebUI gzips answers (from 1000 bytes; here all)
     script_callbacks.app_started_callback(None, app)
     yield TestClient(app)
     for path in (glue.POLICY_STORE.path, *glue.PRESET_STORE.root.rglob("*.json")):
@@ -135,6 +137,8 @@ def test_an_enforced_job_that_cannot_be_steered_is_an_http_error_without_images(
     assert client.patch(f"{V}/policy", json={"enforce": True, "preset": "house"}, headers=ROOT).status_code == 200
     r = client.post("/sdapi/v1/txt2img", json={"prompt": "x"}, headers=BOB)
     assert r.status_code == 503 and "images" not in r.json()
+    assert r.json() == client.post("/sdapi/v1/txt2img", json={"prompt": "x"},
+                                   headers={**BOB, "Accept-Encoding": "identity"}).json(), "gzipped or not"
     assert r.json()["detail"] == ("safe denoiser: the bank 'gone' that the operator's policy requires does not "
                                   "exist; an operator must create it or change the policy")
 
