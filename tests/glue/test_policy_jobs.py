@@ -243,3 +243,30 @@ def test_locked_settings_are_dropped_from_override_settings(script, glue, policy
     assert p.override_settings == {"CLIP_stop_at_last_layers": 2}
     assert ("Safe denoiser: the operator locked safe_denoiser_steer_hires, sd_vae; the override was ignored."
             in p.comments)
+
+
+def test_the_page_load_event_loads_the_default_and_hides_the_accordion(script, glue, policy, users):
+    import gradio as gr
+
+    script.is_img2img = False
+    with gr.Blocks() as demo:
+        script.ui(False)
+    config = demo.get_config_file()
+    ident = {c["props"].get("elem_id"): c["id"] for c in config["components"]}
+    button = ident["script_txt2img_safe_denoiser_load_default"]
+    (index,) = [i for i, d in enumerate(config["dependencies"]) if d["targets"] == [button]]
+    load = demo.fns[index].fn
+    alice = glue.current_user("alice")
+    glue.PANEL.save("mine", False, [["unsafe"], "constant", 0.7, 0.1, 0.6, "", 0.2, 3.15, True, 1.6], alice)
+    glue.PANEL.set_default("mine", alice)
+
+    visible, dropdown, status, *values = load(gr.Request(username="alice"))
+    assert visible == gr.update(visible=True) and dropdown["value"] == "mine" and "mine" in dropdown["choices"]
+    assert status == "Loaded 'mine' (personal)." and values[VALUE_FIELDS.index("strength")]["value"] == 0.7
+    visible, dropdown, status, *values = load(gr.Request(username="bob"))
+    assert "value" not in dropdown and "mine" not in dropdown["choices"] and values == [gr.update()] * 10
+    assert status == "Your presets are yours alone; signed in as 'bob'."
+
+    policy(enforce=True, preset="house", hide_accordion=True)
+    assert load(gr.Request(username="alice"))[0] == gr.update(visible=False)
+    assert load(gr.Request(username="root"))[0] == gr.update(visible=True), "operators keep it"
