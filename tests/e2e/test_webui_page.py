@@ -27,10 +27,11 @@ def page(webui):
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         pg = browser.new_page(viewport={"width": 1400, "height": 1800})
         pg.goto(URL + "/", timeout=120_000)
+        pg.wait_for_selector("input[type=password], #script_txt2img_safe_denoiser_enabled", timeout=120_000)
         if CREDENTIALS and pg.locator("input[type=password]").count():  # --gradio-auth: its login form first
             pg.locator("input[type=text]").first.fill(CREDENTIALS[0])
             pg.locator("input[type=password]").first.fill(CREDENTIALS[1])
-            pg.keyboard.press("Enter")
+            pg.get_by_role("button", name="Login").click()
         pg.wait_for_selector("#script_txt2img_safe_denoiser_enabled", timeout=120_000)
         yield pg
         browser.close()
