@@ -12,6 +12,7 @@ REQUIREMENTS = {
     "tqdm": "tqdm",
     "filelock": "filelock",  # cross-process locks on bank manifests (several WebUIs, one data dir)
     "matplotlib": "matplotlib",  # the per-generation diagnostics plot
+    "open_clip_torch": "open_clip_torch",  # text concepts and CLIP curation (the WebUI usually ships it)
 }
 
 for dist, requirement in REQUIREMENTS.items():

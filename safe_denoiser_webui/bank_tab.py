@@ -28,6 +28,7 @@ from lib_safe_denoiser.banks import manage
 from lib_safe_denoiser.banks.images import DEFAULT_RESIZE, RESIZE_POLICIES
 from lib_safe_denoiser.banks.inputs import InputLimits
 from lib_safe_denoiser.banks.store import BankInfo, BankStore, CacheEntry
+from lib_safe_denoiser.concepts.constants import DEFAULT_CLIP_DUPLICATE_COSINE, DEFAULT_CURATION_THRESHOLD
 from lib_safe_denoiser.policy.users import User
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ STATUS_STYLE = {
 STATUS_MARK = {True: "\u2714", False: "\u2716"}
 GALLERY_HEIGHT = "fit-content"
 """A CSS height: as tall as the page's thumbnails (gradio's default is a fixed box with a scrollbar)."""
+CURATION_SLIDER_STEP = 0.005
 
 
 def request_username(request: Any) -> str | None:
@@ -71,6 +73,8 @@ class TabServices:
     default_resize: Callable[[], str] = lambda: DEFAULT_RESIZE
     folder_import: Callable[[], bool] = lambda: False
     """Whether operators may read images from a folder on the server."""
+    clip_judge: manage.JudgeSource | None = None
+    """Gives the CLIP judge for the "Curate with CLIP" tab (loaded on first use); None: no such tab."""
 
 
 def elem_id(name: str) -> str:
@@ -175,6 +179,9 @@ class BankTab:
                     self._transfer_layout()
                 with gr.Tab("Near duplicates", elem_id=elem_id("duplicates_tab")):
                     self._duplicates_layout()
+                if self.s.clip_judge is not None:
+                    with gr.Tab("Curate with CLIP", elem_id=elem_id("curate_tab")):
+                        self._curate_layout()
             self._wire(blocks)
         return blocks
 
@@ -279,6 +286,33 @@ class BankTab:
             self.find_duplicates = gr.Button(value="Find near duplicates", elem_id=elem_id("find_duplicates"))
         self.dup_table = gr.Dataframe(headers=list(DUPLICATE_COLUMNS), interactive=False, elem_id=elem_id("dup_table"))
 
+    def _curate_layout(self) -> None:
+        gr.Markdown("Score candidate images against text concepts, then add the ones above the threshold to the "
+                    "chosen bank. CLIP near-duplicates (crops, flips, re-renders of one picture) are flagged for "
+                    "you to check.", elem_id=elem_id("curate_note"))
+        with gr.Row():
+            self.curate_concepts = gr.Textbox(label="Concepts (comma-separated)", placeholder="e.g. nudity, violence",
+                                              elem_id=elem_id("curate_concepts"))
+            self.curate_threshold = gr.Slider(label="Threshold (CLIP similarity)", minimum=-1.0, maximum=1.0,
+                                              step=CURATION_SLIDER_STEP, value=DEFAULT_CURATION_THRESHOLD,
+                                              elem_id=elem_id("curate_threshold"))
+            self.curate_duplicates = gr.Slider(label="Near-duplicate cosine", step=CURATION_SLIDER_STEP,
+                                               minimum=manage.MIN_CURATION_DUPLICATE_COSINE, maximum=1.0,
+                                               value=DEFAULT_CLIP_DUPLICATE_COSINE,
+                                               elem_id=elem_id("curate_duplicates"))
+        self.curate_files = gr.File(label="Images or .zip archives of images to score", file_count="multiple",
+                                    file_types=["image", manage.ARCHIVE_SUFFIX], elem_id=elem_id("curate_files"))
+        self.curate = gr.Button(value="Score", variant="primary", elem_id=elem_id("curate"))
+        with gr.Row(visible=False) as self.curate_folder_row:
+            self.curate_folder_path = gr.Textbox(label="Or a server folder", elem_id=elem_id("curate_folder_path"))
+            self.curate_recursive = gr.Checkbox(label="Include sub-folders", elem_id=elem_id("curate_recursive"))
+            self.curate_folder = gr.Button(value="Score folder", elem_id=elem_id("curate_folder"))
+        self.curate_table = gr.Dataframe(headers=list(manage.CURATION_COLUMNS), interactive=False,
+                                         elem_id=elem_id("curate_table"))
+        self.curate_add = gr.Button(value="Add the images above the threshold to this bank",
+                                    elem_id=elem_id("curate_add"))
+        self.curate_report = gr.State(None)
+
     # -- views (component updates)
     def page_updates(self, user: User, name: str | None, page: Any) -> dict:
         if not name:
@@ -352,6 +386,7 @@ class BankTab:
             self.create_folder_row: gr.update(visible=folders),
             self.new_shared: gr.update(visible=sharing),
             self.import_shared: gr.update(visible=sharing),
+            **({self.curate_folder_row: gr.update(visible=folders)} if self.s.clip_judge is not None else {}),
         }
 
     def on_refresh(self, name: str | None, request: gr.Request) -> dict:
@@ -495,6 +530,35 @@ class BankTab:
         out = manage.drop_cache(self.s.store, user, name, choice)
         return {self.status: status_html(out), **self.cache_updates(user, name)}
 
+    def _curation_view(self, out: manage.Outcome, threshold: Any, duplicates: Any) -> dict:
+        rows = manage.curation_rows(out.data, float(threshold), float(duplicates)) if out.ok else []
+        return {self.status: status_html(out), self.curate_table: table(manage.CURATION_COLUMNS, rows),
+                self.curate_report: out.data if out.ok else None}
+
+    def on_curate(self, files: Any, concepts: str, threshold: Any, duplicates: Any) -> dict:
+        out = manage.curate_uploads(self.s.clip_judge, upload_paths(files), concepts, threshold=threshold,
+                                    duplicate_cosine=duplicates, limits=self.s.limits())
+        return self._curation_view(out, threshold, duplicates)
+
+    def on_curate_folder(self, folder: str, recursive: bool, concepts: str, threshold: Any, duplicates: Any,
+                         request: gr.Request) -> dict:
+        out = manage.curate_folder(self.s.clip_judge, self.user(request), folder, concepts,
+                                   folder_import=self.s.folder_import(), recursive=recursive, threshold=threshold,
+                                   duplicate_cosine=duplicates)
+        return self._curation_view(out, threshold, duplicates)
+
+    def on_curate_rethreshold(self, report: Any, threshold: Any, duplicates: Any) -> dict:
+        """Moving a slider re-marks the scored images without scoring them again."""
+        if report is None:
+            return {}
+        return {self.curate_table: table(manage.CURATION_COLUMNS,
+                                         manage.curation_rows(report, float(threshold), float(duplicates)))}
+
+    def on_curate_add(self, name: str | None, report: Any, threshold: Any, page: Any, request: gr.Request) -> dict:
+        user = self.user(request)
+        out = manage.add_curated(self.s.store, user, name, report, threshold, limits=self.s.limits())
+        return self._after_change(user, name, out, page)
+
     def on_duplicates(self, name: str | None, distance: Any, request: gr.Request) -> dict:
         out = manage.near_duplicate_rows(self.s.store, self.user(request), name, distance)
         return {self.status: status_html(out), self.dup_table: table(DUPLICATE_COLUMNS, out.data or [])}
@@ -508,9 +572,10 @@ class BankTab:
         switch = [self.status, self.bank, *view]
         on = self.guarded
 
+        curation_rows = [self.curate_folder_row] if self.s.clip_judge is not None else []
         blocks.load(fn=on(self.on_load), inputs=[], outputs=[
             self.status, self.identity, self.bank, self.new_resize, self.add_folder_row, self.create_folder_row,
-            self.new_shared, self.import_shared], show_progress="hidden")
+            self.new_shared, self.import_shared, *curation_rows], show_progress="hidden")
         self.refresh.click(fn=on(self.on_refresh), inputs=[self.bank], outputs=[self.status, self.bank, *view])
         self.bank.focus(fn=on(self.on_focus), inputs=[self.bank], outputs=[self.status, self.bank],
                         show_progress="hidden")
@@ -558,6 +623,23 @@ class BankTab:
                                outputs=[*switch, self.import_file, self.import_name, self.import_overwrite])
         self.find_duplicates.click(fn=on(self.on_duplicates), inputs=[self.bank, self.dup_distance],
                                    outputs=[self.status, self.dup_table])
+        if self.s.clip_judge is not None:
+            self._wire_curation(after_change)
+
+    def _wire_curation(self, after_change: list[Any]) -> None:
+        on = self.guarded
+        numbers = [self.curate_concepts, self.curate_threshold, self.curate_duplicates]
+        scored = [self.status, self.curate_table, self.curate_report]
+        self.curate.click(fn=on(self.on_curate), inputs=[self.curate_files, *numbers], outputs=scored)
+        self.curate_folder.click(fn=on(self.on_curate_folder),
+                                 inputs=[self.curate_folder_path, self.curate_recursive, *numbers], outputs=scored)
+        for slider in (self.curate_threshold, self.curate_duplicates):
+            slider.release(fn=on(self.on_curate_rethreshold),
+                           inputs=[self.curate_report, self.curate_threshold, self.curate_duplicates],
+                           outputs=[self.status, self.curate_table], show_progress="hidden")
+        self.curate_add.click(fn=on(self.on_curate_add),
+                              inputs=[self.bank, self.curate_report, self.curate_threshold, self.page],
+                              outputs=after_change)
 
     def _view_outputs(self) -> list[Any]:
         return [self.info, self.edit_description, self.edit_tags, self.edit_resize, self.rename_to,

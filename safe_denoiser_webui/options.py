@@ -7,6 +7,8 @@ from typing import Any
 
 from modules import shared
 
+from lib_safe_denoiser.concepts.constants import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
+
 SECTION = ("safe_denoiser", "Safe Denoiser")
 
 OPT_STEER_HIRES = "safe_denoiser_steer_hires"
@@ -16,6 +18,11 @@ OPT_CACHE_LIMIT_MB = "safe_denoiser_cache_limit_mb"
 OPT_UPLOAD_MAX_FILES = "safe_denoiser_upload_max_files"
 OPT_UPLOAD_MAX_MB = "safe_denoiser_upload_max_mb"
 OPT_FOLDER_IMPORT = "safe_denoiser_folder_import"
+OPT_CLIP_MODEL = "safe_denoiser_clip_model"
+OPT_CLIP_PRETRAINED = "safe_denoiser_clip_pretrained"
+OPT_CONCEPT_DECODE_SCALE = "safe_denoiser_concept_decode_scale"
+OPT_CONCEPT_TILE = "safe_denoiser_concept_tile"
+OPT_CONCEPT_CHECKPOINT = "safe_denoiser_concept_checkpoint"
 
 FOLDER_IMPORT_CHOICES = ("operators", "nobody")
 
@@ -27,6 +34,11 @@ DEFAULTS: dict[str, Any] = {
     OPT_UPLOAD_MAX_FILES: 500,
     OPT_UPLOAD_MAX_MB: 512,
     OPT_FOLDER_IMPORT: "operators",
+    OPT_CLIP_MODEL: DEFAULT_CLIP_MODEL,
+    OPT_CLIP_PRETRAINED: DEFAULT_CLIP_PRETRAINED,
+    OPT_CONCEPT_DECODE_SCALE: 1.0,
+    OPT_CONCEPT_TILE: 0,
+    OPT_CONCEPT_CHECKPOINT: False,
 }
 
 

@@ -17,11 +17,15 @@ import torch
 from modules import prompt_parser, script_callbacks, scripts, shared
 from modules.ui_components import InputAccordion
 
+from lib_safe_denoiser.concepts.args import INFOTEXT_FIELDS as CONCEPT_INFOTEXT_FIELDS
+from lib_safe_denoiser.concepts.args import ConceptArgs
+from lib_safe_denoiser.concepts.args import from_infotext as concept_infotext
 from lib_safe_denoiser.core.config import MODES
 from lib_safe_denoiser.errors import SafeDenoiserError
-from lib_safe_denoiser.generation.args import FIELDS, ArgsError, SafeDenoiserArgs
+from lib_safe_denoiser.generation.args import ArgsError, SafeDenoiserArgs
 from lib_safe_denoiser.generation.infotext import INFOTEXT_FIELDS, KEY_ERROR, from_infotext, policy_infotext
 from lib_safe_denoiser.generation.job import Job
+from lib_safe_denoiser.generation.script_args import SCRIPT_FIELD_NAMES, SCRIPT_LABELS, ScriptArgs
 from lib_safe_denoiser.policy.bank_access import visible_names
 from lib_safe_denoiser.policy.builtin_presets import DEFAULT_PRESET
 from lib_safe_denoiser.policy.job_plan import job_banks, plan_job
@@ -29,6 +33,7 @@ from lib_safe_denoiser.policy.operator_policy import PolicyError, locked_setting
 from lib_safe_denoiser.policy.presets_store import PresetError
 from lib_safe_denoiser.policy.request_user import api_user
 from lib_safe_denoiser.policy.users import User
+from safe_denoiser_webui.concepts import build_concept_steering
 from safe_denoiser_webui.model import encoder_for, model_problem, vae_id
 from safe_denoiser_webui.options import OPT_ENCODE_BATCH, OPT_STEER_HIRES, option
 from safe_denoiser_webui.preset_panel import VALUE_FIELDS, PresetPanel
@@ -103,7 +108,32 @@ def _step_callback(body):
 
 @_step_callback
 def on_cfg_denoiser(params: script_callbacks.CFGDenoiserParams, job: Job, denoiser: Any) -> None:
-    job.steering.capture(params.x, params.sigma, params.sampling_step, params.total_sampling_steps)
+    steering = job.steering
+    if not steering.sampler_set:
+        steering.set_sampler(*_sampler_carry(denoiser))
+    # a step's second model call: every other call of a second-order sampler (as the WebUI's own NGMS
+    # reads it), and PLMS's second call, which completes its first step
+    second_order = bool(denoiser.sampler.config.options.get("second_order", False))
+    plms = steering.carry is not None and steering.carry.kind == "plms"
+    second = (second_order and denoiser.step % 2 == 1) or (plms and denoiser.step == 1)
+    steering.capture(params.x, params.sigma, params.sampling_step, params.total_sampling_steps, second)
+
+
+CARRIED = {"sample_euler": "step", "sample_euler_ancestral": "step", "ddim": "step", "sample_heun": "heun",
+           "sample_dpmpp_sde": "midpoint", "sample_dpmpp_2m": "multistep", "plms": "plms"}
+"""The WebUI's sampler functions the paper mode's carry supports (lib_safe_denoiser/core/carry.py)."""
+
+
+def _sampler_carry(denoiser: Any) -> tuple[str | None, float, int]:
+    """(carry kind, ancestral eta, seed) of the pass's sampler: eta only where its function takes one
+    (the WebUI sets ``sampler.eta`` for every sampler), the batch's first seed for the re-noising noise."""
+    import inspect
+
+    sampler = denoiser.sampler
+    takes_eta = "eta" in inspect.signature(sampler.func).parameters
+    eta = float(sampler.eta or 0.0) if takes_eta else 0.0
+    seeds = getattr(denoiser.p, "seeds", None) or [getattr(denoiser.p, "seed", 0)]  # this batch's seeds
+    return CARRIED.get(getattr(sampler.func, "__name__", "")), eta, int(seeds[0] or 0)
 
 
 @_step_callback
@@ -160,7 +190,8 @@ def drop_locked_overrides(p: Any) -> None:
     applies them (the REST routes refuse such requests outright), and say so on the job."""
     overrides = getattr(p, "override_settings", None) or {}
     try:
-        locked = locked_settings_in(overrides, POLICY_STORE.load()) if overrides else []
+        operator = generation_user(p).operator
+        locked = locked_settings_in(overrides, POLICY_STORE.load(), operator=operator) if overrides else []
     except PolicyError as e:
         _mark_failed(p, f"{e}")
         return
@@ -183,7 +214,7 @@ class SafeDenoiserScript(scripts.Script):
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img: bool) -> list[Any]:
-        labels = {f.name: f.label for f in FIELDS}
+        labels = SCRIPT_LABELS
         d = SafeDenoiserArgs()
         anyone = current_user(None)
         with InputAccordion(False, label=TITLE, elem_id=self.elem_id("enabled")) as enabled:
@@ -215,6 +246,22 @@ class SafeDenoiserScript(scripts.Script):
                     gate = gr.Checkbox(label=labels["gate"], value=d.gate, elem_id=self.elem_id("gate"))
                     gate_margin = gr.Slider(label=labels["gate_margin"], minimum=0.0, maximum=10.0, step=0.05,
                                             value=d.gate_margin, elem_id=self.elem_id("gate_margin"))
+            with gr.Accordion("Concepts (CLIP)", open=False):
+                c = ConceptArgs()
+                concepts = gr.Textbox(label=labels["concepts"], value=c.concepts, lines=1, max_lines=3,
+                                      placeholder="nudity, violence", elem_id=self.elem_id("concepts"))
+                with gr.Row():
+                    concept_eta = gr.Slider(label=labels["concept_eta"], minimum=0.0, maximum=0.5,
+                                            step=0.005, value=c.concept_eta, elem_id=self.elem_id("concept_eta"))
+                    concept_gamma = gr.Slider(label=labels["concept_gamma"], minimum=0.0, maximum=300.0,
+                                              step=1.0, value=c.concept_gamma, elem_id=self.elem_id("concept_gamma"))
+                with gr.Row():
+                    concept_window_start = gr.Slider(label=labels["concept_window_start"], minimum=0.0,
+                                                     maximum=1.0, step=0.01, value=c.concept_window_start,
+                                                     elem_id=self.elem_id("concept_window_start"))
+                    concept_window_end = gr.Slider(label=labels["concept_window_end"], minimum=0.0,
+                                                   maximum=1.0, step=0.01, value=c.concept_window_end,
+                                                   elem_id=self.elem_id("concept_window_end"))
             with gr.Accordion("Presets", open=False):
                 with gr.Row():
                     preset_name = gr.Textbox(label="Preset name (save as, rename to)", max_lines=1,
@@ -290,9 +337,11 @@ class SafeDenoiserScript(scripts.Script):
         show.click(fn=show_diagnostics, inputs=[], outputs=[summary, plot, nearest])
 
         components = [enabled, bank, preset, mode, strength, window_start, window_end, reference_bank, prior,
-                      bandwidth, gate, gate_margin]
-        by_field = dict(zip((f.name for f in FIELDS), components, strict=True))
+                      bandwidth, gate, gate_margin, concepts, concept_eta, concept_gamma, concept_window_start,
+                      concept_window_end]
+        by_field = dict(zip(SCRIPT_FIELD_NAMES, components, strict=True))
         self.infotext_fields = [(by_field[name], _paste(name)) for name, _ in INFOTEXT_FIELDS]
+        self.infotext_fields += [(by_field[name], _paste_concept(name)) for name, _ in CONCEPT_INFOTEXT_FIELDS]
         return components
 
     # -- the job's life: before_process -> process -> (process_before_every_sampling, sampling,
@@ -304,11 +353,11 @@ class SafeDenoiserScript(scripts.Script):
     def process(self, p: Any, *args: Any) -> None:
         user = generation_user(p)
         try:
-            a = SafeDenoiserArgs.from_script_args(args)
+            a = ScriptArgs.from_script_args(args)
             overrides = getattr(p, XYZ_ATTR, None)
             if overrides:  # an XYZ axis value is the user's request too: the policy applies after it
-                a = SafeDenoiserArgs.from_dict({**a.as_dict(), **overrides})
-            plan = plan_job(a, user, PRESET_STORE, POLICY_STORE.load())
+                a = ScriptArgs.from_dict({**a.as_dict(), **overrides})
+            plan = plan_job(a.bank, user, PRESET_STORE, POLICY_STORE.load())
         except (ArgsError, PresetError) as e:
             _mark_failed(p, f"bad arguments: {e}.")
             return
@@ -316,22 +365,27 @@ class SafeDenoiserScript(scripts.Script):
             _mark_failed(p, f"{e}")
             return
         resolved = plan.resolved
-        if resolved is None:
+        concepts = a.concepts if a.concepts_on else None
+        if resolved is None and concepts is None:
             p.extra_generation_params.update(policy_infotext(None, plan.notes))
             return
+        fail_closed = resolved.fail_closed if concepts is None else True  # concepts: the user asked
         problem = model_problem(p.sd_model)
         try:
             if problem:
                 raise SafeDenoiserError(problem)
-            banks, reference = job_banks(plan, STORE, user)
+            banks, reference = job_banks(plan, STORE, user) if resolved is not None else ((), None)
+            concept_steering = build_concept_steering(concepts, p.sd_model) if concepts is not None else None
         except SafeDenoiserError as e:
-            if resolved.fail_closed:
+            if fail_closed:
                 _mark_failed(p, f"{e}")
             else:
                 p.extra_generation_params.update(policy_infotext(None, [*plan.notes, f"not steered: {e}"]))
             return
-        job = Job(resolved.args, banks, reference, p=p, preset=resolved.preset, notes=plan.notes,
-                  fail_closed=resolved.fail_closed, enforced=resolved.enforced)
+        args_ = resolved.args if resolved is not None else a.bank
+        job = Job(args_, banks, reference, p=p, preset=resolved.preset if resolved else None, notes=plan.notes,
+                  fail_closed=fail_closed, enforced=bool(resolved and resolved.enforced), concepts=concepts,
+                  concept_steering=concept_steering)
         setattr(p, JOB_ATTR, job)
         p.extra_generation_params.update(job.infotext())
         register_callbacks(job)
@@ -342,13 +396,13 @@ class SafeDenoiserScript(scripts.Script):
             return
         hires = bool(getattr(p, "is_hr_pass", False))
         if hires and not option(OPT_STEER_HIRES) and not job.enforced:  # enforced jobs steer every pass
-            job.start_pass(None, new_image=False)
+            job.start_pass(None, new_image=False, concepts=False)
             return
         x = kwargs["x"]
         try:
             safe = FACTORY.build(job, alphas_cumprod=p.sd_model.alphas_cumprod, encoder=encoder_for(p.sd_model),
                                  vae_id=vae_id(p.sd_model), latent_shape=tuple(x.shape[1:]),
-                                 batch_size=int(option(OPT_ENCODE_BATCH)), progress=_progress)
+                                 batch_size=int(option(OPT_ENCODE_BATCH)), progress=_progress) if job.banks else None
         except Exception as e:  # noqa: BLE001 - a bad bank must not crash or pass unsteered
             message = f"cannot prepare bank {job.bank_names!r}: {e}"
             if job.fail_closed:
@@ -409,6 +463,13 @@ def accordion_hidden(user: User) -> bool:
 def generation_user(p: Any) -> User:
     """Who a job runs for: the UI user (``p.user``), else the authenticated REST caller."""
     return current_user(getattr(p, "user", None) or api_user())
+
+
+def _paste_concept(field: str):
+    def read(params: dict[str, Any]) -> Any:
+        return concept_infotext(params).get(field)
+
+    return read
 
 
 def _paste(field: str):

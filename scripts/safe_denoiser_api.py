@@ -11,7 +11,7 @@ from modules import script_callbacks
 
 from lib_safe_denoiser.banks.routes import API_PREFIX, BankApi, RouteSettings, build_router
 from lib_safe_denoiser.generation.api_validation import ArgsValidationMiddleware
-from lib_safe_denoiser.policy.request_user import RequestUserMiddleware
+from lib_safe_denoiser.policy.request_user import RequestUserMiddleware, api_user
 from lib_safe_denoiser.policy.routes import add_routes
 from lib_safe_denoiser.policy.users import parse_auth
 from safe_denoiser_webui import users
@@ -47,7 +47,8 @@ def on_app_started(demo: Any, app: Any) -> None:
     jobs), and mount our routes; ``demo`` is None with ``--nowebui``, which changes nothing here."""
     if not any(m.cls is ArgsValidationMiddleware for m in app.user_middleware):
         app.middleware_stack = None  # as the WebUI does itself: rebuilt with ours on the next request
-        app.add_middleware(ArgsValidationMiddleware, policy=POLICY_STORE.load)
+        app.add_middleware(ArgsValidationMiddleware, policy=POLICY_STORE.load,
+                           operator=lambda: users.current_user(api_user()).operator)
         app.add_middleware(RequestUserMiddleware, credentials=lambda: parse_auth(users.api_auth()))
     if not any(getattr(route, "path", "").startswith(API_PREFIX + "/") for route in app.routes):
         router = build_router(bank_api())

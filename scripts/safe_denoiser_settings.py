@@ -26,6 +26,15 @@ def on_ui_settings() -> None:
     add(o.OPT_UPLOAD_MAX_MB, "Largest upload in MB (all files together)", gr.Number, {"precision": 0, "minimum": 1})
     add(o.OPT_FOLDER_IMPORT, "Who may add images from folders on the server", gr.Radio,
         {"choices": list(o.FOLDER_IMPORT_CHOICES)})
+    add(o.OPT_CLIP_MODEL, "Concepts: CLIP model (an open_clip architecture name, e.g. ViT-B-16)")
+    add(o.OPT_CLIP_PRETRAINED, "Concepts: CLIP weights: an open_clip pretrained tag (downloaded on first use), "
+        "or the path of a local checkpoint (works offline)")
+    add(o.OPT_CONCEPT_DECODE_SCALE, "Concepts: decode at this fraction of the size for CLIP (less memory and time, "
+        "softer images)", gr.Slider, {"minimum": 0.25, "maximum": 1.0, "step": 0.05})
+    add(o.OPT_CONCEPT_TILE, "Concepts: decode in tiles of this many latent pixels (0 = off; memory of one tile, "
+        "about one more decode)", gr.Slider, {"minimum": 0, "maximum": 128, "step": 16})
+    add(o.OPT_CONCEPT_CHECKPOINT, "Concepts: gradient checkpointing in the decoder (memory of one block, about one "
+        "more decode)")
 
 
 script_callbacks.on_ui_settings(on_ui_settings)

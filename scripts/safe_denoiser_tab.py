@@ -17,6 +17,7 @@ from modules import script_callbacks, shared
 from safe_denoiser_webui import policy_panel as policy_tab
 from safe_denoiser_webui import users
 from safe_denoiser_webui.bank_tab import TAB_ID, TAB_TITLE, TabServices, build_tab
+from safe_denoiser_webui.concepts import judge_for
 from safe_denoiser_webui.encoding import encode_now
 from safe_denoiser_webui.options import FOLDER_IMPORT_CHOICES, OPT_DEFAULT_RESIZE, OPT_FOLDER_IMPORT, option
 from safe_denoiser_webui.services import POLICY_STORE, PRESET_STORE, STORE
@@ -40,6 +41,7 @@ def services() -> TabServices:
         limits=users.upload_limits,
         default_resize=lambda: option(OPT_DEFAULT_RESIZE),
         folder_import=lambda: option(OPT_FOLDER_IMPORT) == FOLDER_IMPORT_ALLOWED,
+        clip_judge=lambda: judge_for(shared.sd_model),
     )
 
 

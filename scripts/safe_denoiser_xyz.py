@@ -31,6 +31,9 @@ def add_xyz_axes() -> None:
         xyz.AxisOption("[Safe Denoiser] Mode", str, override("mode", str), choices=lambda: list(MODES)),
         xyz.AxisOption("[Safe Denoiser] Window start", float, override("window_start", float)),
         xyz.AxisOption("[Safe Denoiser] Window end", float, override("window_end", float)),
+        xyz.AxisOption("[Safe Denoiser] Concepts", str, override("concepts", str)),
+        xyz.AxisOption("[Safe Denoiser] Concept eta", float, override("concept_eta", float)),
+        xyz.AxisOption("[Safe Denoiser] Concept gamma", float, override("concept_gamma", float)),
     ]
     known = {a.label for a in xyz.axis_options}
     xyz.axis_options.extend(a for a in axes if a.label not in known)

@@ -38,6 +38,9 @@ from lib_safe_denoiser.banks.inputs import (
 )
 from lib_safe_denoiser.banks.similarity import NEAR_DUPLICATE_DISTANCE
 from lib_safe_denoiser.banks.store import AddReport, BankInfo, BankStore, CacheEntry
+from lib_safe_denoiser.concepts.clip_judge import ClipJudge
+from lib_safe_denoiser.concepts.constants import DEFAULT_CLIP_DUPLICATE_COSINE, DEFAULT_CURATION_THRESHOLD
+from lib_safe_denoiser.concepts.curation import CurationReport, score_images
 from lib_safe_denoiser.errors import BankError, BankNotFoundError, SafeDenoiserError
 from lib_safe_denoiser.policy.users import User, can_edit, can_see, owner_for_new_bank, require_edit, require_operator
 
@@ -529,3 +532,101 @@ def near_duplicate_rows(store: BankStore, user: User, name: str | None,
         return Outcome(True, f"No near-duplicates in bank {info.name!r} (distance <= {distance}).", data=rows)
     return Outcome(True, f"{len(rows)} pair(s) of near-duplicates in bank {info.name!r} (distance <= {distance}); "
                          "remove the copies you do not want in the Images tab.", data=rows)
+
+
+# ---------------------------------------------------------------------------------- CLIP curation
+CURATION_COLUMNS = ("Image", "Score", "Closest concept", "Above threshold", "CLIP near-duplicate of")
+MIN_CURATION_DUPLICATE_COSINE = 0.5
+"""Lowest near-duplicate cosine the tab offers: CLIP embeddings of unrelated photos often sit near 0.5."""
+CURATION_DECIMALS = 4
+
+JudgeSource = Callable[[], ClipJudge]
+"""Gives the CLIP judge for curation (the WebUI: the judge of its settings, loaded once)."""
+
+
+def _check_curation_numbers(threshold: float, duplicate_cosine: float) -> tuple[float, float]:
+    try:
+        threshold, duplicate_cosine = float(threshold), float(duplicate_cosine)
+    except (TypeError, ValueError):
+        raise BankError(f"the threshold and the near-duplicate cosine must be numbers, got {threshold!r} and "
+                        f"{duplicate_cosine!r}") from None
+    if not -1.0 <= threshold <= 1.0:
+        raise BankError(f"the threshold is a CLIP similarity between -1 and 1, got {threshold}")
+    if not MIN_CURATION_DUPLICATE_COSINE <= duplicate_cosine <= 1.0:
+        raise BankError(f"the near-duplicate cosine must lie between {MIN_CURATION_DUPLICATE_COSINE} and 1, "
+                        f"got {duplicate_cosine}")
+    return threshold, duplicate_cosine
+
+
+def curation_rows(report: CurationReport, threshold: float = DEFAULT_CURATION_THRESHOLD,
+                  duplicate_cosine: float = DEFAULT_CLIP_DUPLICATE_COSINE) -> list[list[Any]]:
+    """The report as rows of ``CURATION_COLUMNS``, highest score first."""
+    alike: dict[str, str] = {}
+    for later, earlier, _ in report.near_duplicates(duplicate_cosine):
+        alike.setdefault(later, earlier)  # the most alike earlier image (pairs come most alike first)
+    ranked = sorted(report.scores, key=lambda s: -s.score)
+    return [[s.name, round(s.score, CURATION_DECIMALS), s.closest(report.concepts), "yes" if s.score > threshold
+             else "", alike.get(s.name, "")] for s in ranked]
+
+
+def _curation_outcome(report: CurationReport, threshold: float, duplicate_cosine: float,
+                      extra_skipped: Sequence[SkippedFile] = ()) -> Outcome:
+    skipped = [*extra_skipped, *report.skipped]
+    if not report.scores:
+        raise _no_images(skipped, "nothing was scored")
+    pairs = report.near_duplicates(duplicate_cosine)
+    above = report.above(threshold)
+    parts = [f"Scored {len(report.scores)} image(s) against {', '.join(report.concepts)!r} with {report.judge}: "
+             f"{len(above)} above {threshold:g}"]
+    if pairs:
+        parts.append(f"{len(pairs)} CLIP near-duplicate pair(s) to check")
+    if skipped:
+        parts.append(f"{len(skipped)} file(s) skipped")
+    details = [f"Skipped {s.name}: {s.reason}" for s in skipped]
+    details += [f"CLIP near-duplicate: {a} looks like {b} (cosine {c:.3f})" for a, b, c in pairs]
+    return Outcome(True, "; ".join(parts) + ".", _bounded(details), data=report)
+
+
+@_answers
+def curate_uploads(judge: JudgeSource, uploads: Sequence[str | os.PathLike], concepts: str, *,
+                   threshold: float = DEFAULT_CURATION_THRESHOLD,
+                   duplicate_cosine: float = DEFAULT_CLIP_DUPLICATE_COSINE,
+                   limits: InputLimits | None = None) -> Outcome:
+    """Score uploaded images and zips against text concepts (``data``: the CurationReport)."""
+    threshold, duplicate_cosine = _check_curation_numbers(threshold, duplicate_cosine)
+    if not uploads:
+        raise BankError("choose some images (or a .zip of images) to score first")
+    sources, skipped = collect_uploads(uploads, limits)
+    if not sources:
+        raise _no_images(skipped, "nothing was scored")
+    return _curation_outcome(score_images(judge(), sources, concepts), threshold, duplicate_cosine, skipped)
+
+
+@_answers
+def curate_folder(judge: JudgeSource, user: User, folder: str, concepts: str, *, folder_import: bool,
+                  recursive: bool = False, threshold: float = DEFAULT_CURATION_THRESHOLD,
+                  duplicate_cosine: float = DEFAULT_CLIP_DUPLICATE_COSINE) -> Outcome:
+    """Score a server folder's images (operators only, where the settings allow it)."""
+    threshold, duplicate_cosine = _check_curation_numbers(threshold, duplicate_cosine)
+    _check_folder_rights(user, folder_import, folder)
+    base = Path(folder.strip())
+    files, skipped = find_images(base, recursive=bool(recursive))
+    sources = [(f.relative_to(base).as_posix(), f) for f in files]
+    return _curation_outcome(score_images(judge(), sources, concepts), threshold, duplicate_cosine, skipped)
+
+
+@_answers
+def add_curated(store: BankStore, user: User, name: str | None, report: CurationReport | None,
+                threshold: float = DEFAULT_CURATION_THRESHOLD, *, limits: InputLimits | None = None) -> Outcome:
+    """Add the scored images above ``threshold`` to a bank the user may change."""
+    info = _editable(store, user, name)
+    if report is None or not report.scores:
+        raise BankError("score some images first")
+    threshold, _ = _check_curation_numbers(threshold, DEFAULT_CLIP_DUPLICATE_COSINE)
+    chosen = report.above(threshold)
+    if not chosen:
+        best = max(s.score for s in report.scores)
+        raise BankError(f"no scored image is above the threshold {threshold:g} (the best scores {best:.3f}); "
+                        "lower the threshold or score other images")
+    return _report_outcome("Added", store.add_images(info.name, [(s.name, s.source) for s in chosen],
+                                                     limits=limits))

@@ -12,6 +12,8 @@ ReferenceKind = Literal["safe", "data"]
 SafeMean = Literal["model", "reference"]
 
 MODES: tuple[str, ...] = ("odds", "paper", "constant")
+PAPER_REFERENCE_DIM = 4 * 64 * 64
+"""SD 1.x's latent at 512x512: the size the official recipes' bandwidths were tuned at."""
 REFERENCE_KINDS: tuple[str, ...] = ("safe", "data")
 SAFE_MEANS: tuple[str, ...] = ("model", "reference")
 
@@ -38,6 +40,17 @@ class SafeDenoiserConfig:
         deep in the bank's region, where the second amplifies the bank's sampling noise by beta
         (2-D benchmark: 0.13% diverged samples with "model", none with "reference"). A pooled
         reference (reference_kind "data") holds unsafe samples too, so it needs "model".
+    carry: the paper mode carries its correction into the sampler's state as the official loop does
+        (``core/carry.py``: the prediction is changed so that the next state moves by the whole
+        correction, re-noised); False changes the prediction alone, which a sampler step carries
+        forward only in part (about a tenth per step at 50 steps).
+    reference_dim: the latent size (C * h * w) the paper recipes' bandwidths are numbers for: 4 x 64 x 64,
+        SD 1.x at 512x512, where the official recipes were validated. The paper kernel's bandwidth
+        is scaled to the bank's latent size from it (``SafeDenoiser.paper_bandwidth``), so a recipe
+        means the same at every resolution and on every family; 0 uses the bandwidth as it is.
+    project_bank: the paper mode divides each bank latent's channel vector at every position by its
+        norm before use, as the official code does (its bandwidths and gate are calibrated in that
+        geometry); the prediction is not projected (it is not on SD 1.x in the official code).
     min_beta: rows whose beta falls below this are left untouched (and do not count as acted).
     reference_kind: ``"safe"`` if the reference set holds safe images, ``"data"`` if it holds
         samples of the model itself (the pooled estimator).
@@ -55,6 +68,9 @@ class SafeDenoiserConfig:
     scale: float = 0.33
     gate_margin: float = 1.6
     safe_mean: SafeMean = "reference"
+    carry: bool = True
+    reference_dim: int = PAPER_REFERENCE_DIM
+    project_bank: bool = True
     min_beta: float = 1e-3
     reference_kind: ReferenceKind = "safe"
     chunk_size: int = 256
@@ -90,8 +106,13 @@ class SafeDenoiserConfig:
         if self.safe_mean == "reference" and self.reference_kind != "safe":
             raise ValueError("reference_kind='data' needs safe_mean='model': a reference of model samples "
                              "holds unsafe images too, so its kernel mean is not a safe posterior mean")
+        for name in ("carry", "project_bank"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.min_beta < 0:
             raise ValueError(f"min_beta must be >= 0, got {self.min_beta}")
+        if isinstance(self.reference_dim, bool) or not isinstance(self.reference_dim, int) or self.reference_dim < 0:
+            raise ValueError(f"reference_dim must be an integer >= 0, got {self.reference_dim!r}")
         for name in ("chunk_size", "n_nearest"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "chunk_size" else 0):

@@ -61,6 +61,13 @@ class Diagnostics:
         )
 
 
+def project_channels(latents: torch.Tensor) -> torch.Tensor:
+    """The official recipe's bank projection (``RepellencyMethod.project``): each latent's vector over
+    the channel axis (dim 1) at every position divided by its L2 norm, so the paper kernel's bandwidth
+    and gate are numbers in that geometry. A zero vector stays zero (the official code divides by 0)."""
+    return latents / latents.norm(dim=1, keepdim=True).clamp_min(torch.finfo(latents.dtype).tiny)
+
+
 def _check_set(name: str, data: torch.Tensor) -> torch.Tensor:
     if not isinstance(data, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(data).__name__}")
@@ -107,7 +114,10 @@ class SafeDenoiser:
                  config: SafeDenoiserConfig | None = None) -> None:
         self.config = config if config is not None else SafeDenoiserConfig()
         self.shape = tuple(negation.shape[1:]) if isinstance(negation, torch.Tensor) else ()
-        self._negation = _DeviceSet(_check_set("negation bank", negation))
+        flat = _check_set("negation bank", negation)
+        if self.config.mode == "paper" and self.config.project_bank:
+            flat = project_channels(negation.detach().to(flat.dtype)).reshape(flat.shape)
+        self._negation = _DeviceSet(flat)
         self._reference: _DeviceSet | None = None
         if reference is not None:
             flat = _check_set("reference set", reference)
@@ -120,6 +130,19 @@ class SafeDenoiser:
                              "model with reference_kind='data'); pass reference=... or use the paper mode")
         self.gate_threshold: float | None = None
         self.last_diagnostics: Diagnostics | None = None
+
+    @property
+    def paper_bandwidth(self) -> float:
+        """The paper kernel's bandwidth for this bank's latent size: h * (D / reference_dim)^(1/4).
+
+        The kernel is exp(-||x0 - b|| / (2 h^2)) and distances between latents grow as sqrt(D), so at
+        a fixed h the weights fall towards the 1e-8 guard on larger latents (SDXL, hires). Scaling h^2
+        by sqrt(D / reference_dim) keeps every weight what it is at the recipe's own latent size (a
+        2x upsampled latent gets exactly the upsampled correction); at that size h is the recipe's.
+        """
+        cfg = self.config
+        dim = math.prod(self.shape) if self.shape else 1
+        return cfg.bandwidth * (dim / cfg.reference_dim) ** 0.25 if cfg.reference_dim else cfg.bandwidth
 
     @property
     def n_negation(self) -> int:
@@ -190,7 +213,7 @@ class SafeDenoiser:
         for start in range(0, queries.shape[0], CALIBRATION_BATCH):
             part = queries[start:start + CALIBRATION_BATCH]
             noised = part + float(sigma) * torch.randn(part.shape, generator=gen, dtype=part.dtype)
-            stats = kernel_stats(noised, bank, bank_sq, laplace_logits(self.config.bandwidth),
+            stats = kernel_stats(noised, bank, bank_sq, laplace_logits(self.paper_bandwidth),
                                  chunk_size=self.config.chunk_size, want_mean=False)
             sums.append(stats.lse.exp())
         self.gate_threshold = float(torch.quantile(torch.cat(sums).double(), quantile))
@@ -246,7 +269,7 @@ class SafeDenoiser:
         if self.gate_threshold is None and math.isfinite(cfg.gate_margin):
             self.calibrate_gate()
         bank, bank_sq = self._negation.on(d.device)
-        stats: KernelStats = kernel_stats(d, bank, bank_sq, laplace_logits(cfg.bandwidth),
+        stats: KernelStats = kernel_stats(d, bank, bank_sq, laplace_logits(self.paper_bandwidth),
                                           chunk_size=cfg.chunk_size, want_mean=True, k_nearest=cfg.n_nearest)
         # sum k / (sum k + eps) without leaving log space: sigmoid(lse - log eps)
         shrink = torch.sigmoid(stats.lse - math.log(PAPER_EPS)).unsqueeze(1)

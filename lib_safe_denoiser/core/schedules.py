@@ -7,6 +7,8 @@ denoiser works in the k-diffusion form x = x0 + sigma eps. These helpers map bet
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -83,3 +85,12 @@ def sigma_window_for_steps(sigmas: torch.Tensor, start: float, end: float) -> tu
     if not inside:
         return float("inf"), float("inf")
     return min(inside), max(inside)
+
+
+def fraction_window_to_sigmas(start: float, end: float, alphas_cumprod: torch.Tensor) -> tuple[float, float]:
+    """(sigma_min, sigma_max) of a window given as fractions of the timeline (0 = pure noise,
+    1 = clean image): fraction f is DDPM timestep t = (1 - f)(T - 1), whatever the sampler or step count."""
+    last = alphas_cumprod.numel() - 1
+    hi = math.inf if start <= 0 else float(timestep_to_sigma((1 - start) * last, alphas_cumprod))
+    lo = 0.0 if end >= 1 else float(timestep_to_sigma((1 - end) * last, alphas_cumprod))
+    return lo, hi

@@ -21,8 +21,9 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from lib_safe_denoiser.generation.args import ArgsError, SafeDenoiserArgs
+from lib_safe_denoiser.generation.args import ArgsError
 from lib_safe_denoiser.generation.infotext import KEY_ERROR
+from lib_safe_denoiser.generation.script_args import ScriptArgs
 from lib_safe_denoiser.policy.operator_policy import OperatorPolicy, PolicyError, locked_settings_problem
 
 Scope = MutableMapping[str, Any]
@@ -55,7 +56,7 @@ def request_problem(payload: Any) -> str | None:
     if "args" not in entry:
         return None
     try:
-        SafeDenoiserArgs.check_api_args(entry["args"])
+        ScriptArgs.check_api_args(entry["args"])
     except ArgsError as e:
         return f"safe denoiser: {e}"
     return None
@@ -65,18 +66,18 @@ def asks_for_steering(payload: Any) -> bool:
     """Whether a (valid) generation request enables the safe denoiser itself."""
     entry = _entry(payload)
     try:
-        return SafeDenoiserArgs.check_api_args(entry["args"]).enabled
+        return ScriptArgs.check_api_args(entry["args"]).enabled
     except (ArgsError, KeyError, TypeError):
         return False
 
 
-def settings_problem(path: str, payload: Any, policy: OperatorPolicy) -> str | None:
-    """The message refusing a request that changes locked settings, or None."""
+def settings_problem(path: str, payload: Any, policy: OperatorPolicy, operator: bool = False) -> str | None:
+    """The message refusing a request that changes locked settings, or None (``operator``: the caller is one)."""
     if path == OPTIONS_PATH:
         keys = payload if isinstance(payload, dict) else {}
     else:
         keys = payload.get("override_settings") if isinstance(payload, dict) else None
-    return locked_settings_problem(keys, policy) if isinstance(keys, dict) and keys else None
+    return locked_settings_problem(keys, policy, operator=operator) if isinstance(keys, dict) and keys else None
 
 
 def refusal(body: bytes, encoding: str = "") -> str | None:
@@ -95,11 +96,14 @@ def refusal(body: bytes, encoding: str = "") -> str | None:
 
 
 class ArgsValidationMiddleware:
-    """``policy`` reads the operator's policy now (it can change at any time)."""
+    """``policy`` reads the operator's policy now (it can change at any time); ``operator`` says whether
+    the request's caller is an operator (run inside the request, after the caller is known)."""
 
-    def __init__(self, app: ASGIApp, policy: Callable[[], OperatorPolicy] = OperatorPolicy) -> None:
+    def __init__(self, app: ASGIApp, policy: Callable[[], OperatorPolicy] = OperatorPolicy,
+                 operator: Callable[[], bool] = lambda: False) -> None:
         self.app = app
         self.policy = policy
+        self.operator = operator
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path")
@@ -124,7 +128,7 @@ class ArgsValidationMiddleware:
         status, problem = 422, request_problem(payload) if path != OPTIONS_PATH else None
         if problem is None:
             try:
-                status, problem = 403, settings_problem(path, payload, self.policy())
+                status, problem = 403, settings_problem(path, payload, self.policy(), self.operator())
             except PolicyError as e:
                 status, problem = 503, f"safe denoiser: {e}"
         if problem is not None:

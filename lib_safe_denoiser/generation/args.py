@@ -17,7 +17,7 @@ import torch
 
 from lib_safe_denoiser.banks.inputs import validate_bank_name
 from lib_safe_denoiser.core.config import MODES, SafeDenoiserConfig
-from lib_safe_denoiser.core.schedules import timestep_to_sigma
+from lib_safe_denoiser.core.schedules import fraction_window_to_sigmas
 from lib_safe_denoiser.errors import BankError, SafeDenoiserError
 from lib_safe_denoiser.policy.builtin_presets import CUSTOM, DEFAULT_PRESET, PRESETS, preset_fields, preset_names
 
@@ -169,7 +169,8 @@ class SafeDenoiserArgs:
         if self.saved_preset:
             return  # the preset may supply the banks: checked again once it is resolved
         if self.enabled and not self.bank:
-            raise ArgsError("field 'bank' is required when the safe denoiser is enabled: choose a negation bank")
+            raise ArgsError("field 'bank' is required when the safe denoiser is enabled: choose a negation bank "
+                            "(or concepts to steer away from)")
         if self.enabled and self.mode == "odds" and not self.reference_bank:
             raise ArgsError("field 'reference_bank' is required in the odds mode: choose a bank of generic "
                             "safe images")
@@ -257,11 +258,7 @@ class SafeDenoiserArgs:
 
     def sigma_window(self, alphas_cumprod: torch.Tensor) -> tuple[float, float]:
         """(sigma_min, sigma_max) of the window: fraction f of the timeline is DDPM t = (1 - f)(T - 1)."""
-        last = alphas_cumprod.numel() - 1
-        hi = math.inf if self.window_start <= 0 else float(timestep_to_sigma((1 - self.window_start) * last,
-                                                                              alphas_cumprod))
-        lo = 0.0 if self.window_end >= 1 else float(timestep_to_sigma((1 - self.window_end) * last, alphas_cumprod))
-        return lo, hi
+        return fraction_window_to_sigmas(self.window_start, self.window_end, alphas_cumprod)
 
     def to_config(self, alphas_cumprod: torch.Tensor, **extra: Any) -> SafeDenoiserConfig:
         """The engine's configuration for a model with this noise schedule."""

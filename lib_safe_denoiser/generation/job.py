@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 import torch
 
 from lib_safe_denoiser.banks.store import BankInfo, BankStore
+from lib_safe_denoiser.concepts.args import ConceptArgs
+from lib_safe_denoiser.concepts.args import to_infotext as concept_infotext
+from lib_safe_denoiser.concepts.steering import ConceptSteering
 from lib_safe_denoiser.core.config import SafeDenoiserConfig
 from lib_safe_denoiser.core.denoiser import SafeDenoiser
 from lib_safe_denoiser.generation.args import BANK_SEPARATOR, SafeDenoiserArgs
@@ -50,18 +53,24 @@ class Job:
     notes: tuple[str, ...] = ()
     fail_closed: bool = True
     enforced: bool = False
+    concepts: ConceptArgs | None = None
+    """The text concepts steered away from (None: none), with ``concept_steering`` doing it."""
+    concept_steering: ConceptSteering | None = None
     trace: GenerationTrace = field(default_factory=GenerationTrace)
     steering: Steering | None = None
     error: str | None = None
 
-    def start_pass(self, safe: SafeDenoiser | None, *, new_image: bool) -> None:
-        """Begin a sampling pass; ``safe=None`` leaves the pass unsteered (hires fix when disabled).
+    def start_pass(self, safe: SafeDenoiser | None, *, new_image: bool, concepts: bool = True) -> None:
+        """Begin a sampling pass with the bank correction ``safe`` (None: none) and, where ``concepts``,
+        the job's concept steering; with neither the pass is unsteered (hires fix when disabled).
 
         ``new_image`` (a first pass, not a hires pass) starts a fresh trace for the batch.
         """
         if new_image:
             self.trace = GenerationTrace()
-        self.steering = None if safe is None else Steering(safe, self.trace)
+        concept_steering = self.concept_steering if concepts else None
+        self.steering = None if safe is None and concept_steering is None else Steering(safe, self.trace,
+                                                                                       concept_steering)
 
     def fail(self, message: str) -> None:
         """Record the first failure; later ones are consequences of it."""
@@ -74,10 +83,16 @@ class Job:
         return BANK_SEPARATOR.join(b.name for b in self.banks)
 
     def infotext(self) -> dict[str, str]:
-        summary = self.trace.summary() if self.trace.steps else None
-        out = to_infotext(self.args, BANK_SEPARATOR.join(b.short_hash for b in self.banks), summary)
-        out[KEY_BANK] = self.bank_names  # the operator's always-on banks too: what really ran
+        out: dict[str, str] = {}
+        if self.banks:
+            summary = self.trace.summary() if self.trace.steps else None
+            out = to_infotext(self.args, BANK_SEPARATOR.join(b.short_hash for b in self.banks), summary)
+            out[KEY_BANK] = self.bank_names  # the operator's always-on banks too: what really ran
         out.update(policy_infotext(self.preset, self.notes))
+        if self.concepts is not None and self.concept_steering is not None:
+            steering = self.concept_steering
+            out.update(concept_infotext(self.concepts, steering.judge.label,
+                                        steering.summary() if steering.steps else None))
         if self.error is not None:
             out[KEY_ERROR] = self.error
         return out

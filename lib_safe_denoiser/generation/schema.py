@@ -12,9 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 from lib_safe_denoiser.banks.inputs import MAX_NAME_LEN
+from lib_safe_denoiser.concepts.args import CONCEPT_FIELDS, ConceptArgs, ConceptField
+from lib_safe_denoiser.concepts.constants import MAX_CONCEPT_CHARS, MAX_CONCEPTS, MAX_CONCEPTS_TEXT
 from lib_safe_denoiser.core.config import MODES
 from lib_safe_denoiser.generation.api_validation import SCRIPT_KEY
 from lib_safe_denoiser.generation.args import FIELDS, MAX_BANKS, Field, SafeDenoiserArgs
+from lib_safe_denoiser.generation.script_args import SCRIPT_FIELD_NAMES
 from lib_safe_denoiser.policy.builtin_presets import preset_names
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -65,9 +68,27 @@ def field_schema(field: Field) -> dict[str, Any]:
     return schema
 
 
+def concept_field_schema(field: ConceptField) -> dict[str, Any]:
+    """A field of the concept unit (``concepts/args.py``)."""
+    schema: dict[str, Any] = {"title": field.label, "default": getattr(ConceptArgs(), field.name)}
+    if field.name == "concepts":
+        schema["anyOf"] = [{"type": "string", "maxLength": MAX_CONCEPTS_TEXT},
+                           {"type": "array", "items": {"type": "string", "maxLength": MAX_CONCEPT_CHARS},
+                            "maxItems": MAX_CONCEPTS}]
+        schema["description"] = "Text concepts to steer away from, judged by CLIP; empty: none."
+        return schema
+    schema["type"] = JSON_TYPES[field.kind]
+    if field.low is not None:
+        schema["minimum"] = field.low
+    if field.high is not None:
+        schema["exclusiveMaximum" if field.name == "concept_eta" else "maximum"] = field.high
+    return schema
+
+
 def _required_when(condition: dict[str, Any], field: str) -> dict[str, Any]:
-    """``field`` is required under ``condition``, unless a saved preset (which may supply it) is named."""
-    builtin = {"preset": {"enum": preset_names()}}
+    """``field`` is required under ``condition``, unless a saved preset (which may supply it) is named
+    or, for the bank, concepts steer instead."""
+    builtin = {"preset": {"enum": preset_names()}, "concepts": {"pattern": "^[\\s,]*$", "maxItems": 0}}
     return {"if": {"properties": {**condition, **builtin}, "required": list(condition)},
             "then": {"properties": {field: {"minLength": 1, "minItems": 1}}, "required": [field]}}
 
@@ -78,8 +99,8 @@ def args_schema() -> dict[str, Any]:
     ``args`` is either one object of named fields or the values in UI order (missing trailing values
     take the defaults).
     """
-    names = [f.name for f in FIELDS]
-    fields = {f.name: field_schema(f) for f in FIELDS}
+    names = list(SCRIPT_FIELD_NAMES)
+    fields = {**{f.name: field_schema(f) for f in FIELDS}, **{f.name: concept_field_schema(f) for f in CONCEPT_FIELDS}}
     named = {
         "type": "object",
         "properties": fields,

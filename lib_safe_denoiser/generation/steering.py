@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lib_safe_denoiser.concepts.steering import ConceptSteering
+from lib_safe_denoiser.core.carry import Carry
 from lib_safe_denoiser.core.denoiser import SafeDenoiser
 from lib_safe_denoiser.generation.cfg_rows import CondsList, correction_delta, steer_rows_
 from lib_safe_denoiser.generation.trace import GenerationTrace
@@ -24,29 +26,47 @@ class _Captured:
     sigma_in: torch.Tensor
     tick: int | None
     total: int | None
+    second: bool
     steered: bool = False
 
 
 class Steering:
     """Corrections of one pass with one SafeDenoiser; every correct() call lands in ``trace``."""
 
-    def __init__(self, safe: SafeDenoiser, trace: GenerationTrace) -> None:
+    def __init__(self, safe: SafeDenoiser | None, trace: GenerationTrace,
+                 concepts: ConceptSteering | None = None) -> None:
         self.safe = safe
+        self.concepts = concepts
         self.trace = trace
         self._captured: _Captured | None = None
+        self.carry: Carry | None = None
+        self.sampler_set = False
         trace.begin_pass()
 
+    def set_sampler(self, carry_kind: str | None, eta: float, seed: int) -> None:
+        """Tell the pass which sampler runs it (once, at its first model call): where the paper mode
+        carries its correction (``config.carry``) and the carry supports the sampler (``carry_kind``
+        one of core.carry.CARRY_KINDS, None where it does not), the correction is carried into the
+        state, with the sampler's ancestral ``eta`` and re-noising noise drawn from ``seed``."""
+        self.sampler_set = True
+        if self.safe is None:
+            return
+        cfg = self.safe.config
+        if cfg.mode == "paper" and cfg.carry and carry_kind is not None:
+            self.carry = Carry(carry_kind, eta, torch.Generator().manual_seed(seed))
+
     def capture(self, x_in: torch.Tensor, sigma_in: torch.Tensor, tick: int | None = None,
-                total: int | None = None) -> None:
+                total: int | None = None, second: bool = False) -> None:
         """Keep the model inputs of this call ([cond rows..., one uncond row per image]).
 
         ``tick`` and ``total`` are the WebUI's progress counter and the pass's step count
         (``params.sampling_step``, ``params.total_sampling_steps``): the trace counts sampling steps
-        with them; without them each model call counts as a step.
+        with them; without them each model call counts as a step. ``second``: the call is the second of
+        its step (Heun), which completes the first call's carry.
         """
         if x_in.ndim < 2 or sigma_in.ndim != 1 or sigma_in.shape[0] != x_in.shape[0]:
             raise ValueError(f"model inputs of shape {tuple(x_in.shape)} with sigma of shape {tuple(sigma_in.shape)}")
-        self._captured = _Captured(x_in, sigma_in, tick, total)
+        self._captured = _Captured(x_in, sigma_in, tick, total, second)
 
     def steer_outputs_(self, x_out: torch.Tensor, conds_list: CondsList, cond_scale: float,
                        alphas_cumprod: torch.Tensor | None = None) -> None:
@@ -85,7 +105,23 @@ class Steering:
         return self._captured
 
     def _correct(self, x_t: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+        """The bank correction (if any), then the concept steering (if any) on its result."""
+        out = self._correct_bank(x_t, sigma, denoised) if self.safe is not None else denoised
+        return self.concepts.correct(x_t, sigma, out) if self.concepts is not None else out
+
+    def _correct_bank(self, x_t: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
         out = self.safe.correct(x_t, sigma, denoised)
         cap = self._require()
-        self.trace.record(self.safe.last_diagnostics, cap.tick, cap.total)
-        return out
+        diag = self.safe.last_diagnostics
+        self.trace.record(diag, cap.tick, cap.total)
+        if self.carry is None:
+            return out
+        flat = denoised.reshape(denoised.shape[0], -1)
+        if cap.second:
+            carried = self.carry.second(flat)
+        else:
+            steps_left = cap.total - cap.tick if cap.total is not None and cap.tick is not None else 1
+            carried = self.carry.first(x_t.reshape(flat.shape), float(sigma[-1]), flat,
+                                       flat if out is denoised else out.reshape(flat.shape),
+                                       diag.acted.to(flat.device), steps_left)
+        return denoised if carried is flat else carried.reshape(denoised.shape)

@@ -28,7 +28,9 @@ CUSTOM = "custom"
 _PRESETS = (
     Preset("nudity (SD 1.x)", "paper", 0.33, 3.15, True, (0.0, 0.22), 7.5,
            "Nudity / inappropriate content; the paper's SD 1.4 recipe (bank of 515 images)."),
-    Preset("inappropriate, broad (I2P)", "paper", 0.03, 3.55, False, (0.0, 0.2), 7.5,
+    # bandwidth 1: its config says 3.55, but the official code runs it through the ``_fast`` kernels,
+    # which never read the config's sigma and use their default of 1 (repellency_methods_fast.py)
+    Preset("inappropriate, broad (I2P)", "paper", 0.03, 1.0, False, (0.0, 0.2), 7.5,
            "All I2P categories with a large bank (3,000 images): a light, always-on correction."),
     Preset("a person / memorised image", "paper", 0.69, 13.15, False, (0.0, 0.24), 3.5,
            "A person who asked to be forgotten, or a memorised training image (a few photos)."),

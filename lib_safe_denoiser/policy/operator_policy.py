@@ -48,8 +48,8 @@ POLICY_LOCK = "policy.lock"
 FILE_VERSION = 1
 
 PROTECTED_SETTING_PREFIX = "safe_denoiser_"
-"""The extension's own settings (operators, hires steering...) are never changeable through the
-API or ``override_settings``, locked or not: changing them would undo the policy."""
+"""The extension's own settings (hires steering, the CLIP model...) are changeable through the API or
+``override_settings`` by operators only, locked or not: a user changing them could undo the policy."""
 MAX_LOCKED_SETTINGS = 200
 MAX_OPERATORS = 200
 _SETTING_KEY = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
@@ -404,15 +404,16 @@ def apply_policy(user_args: SafeDenoiserArgs | ResolvedArgs | None, policy: Oper
 
 
 # ------------------------------------------------------------------------------------ settings
-def locked_settings_in(keys: Iterable[str], policy: OperatorPolicy) -> list[str]:
-    """The keys among ``keys`` that must not be changed through the API or ``override_settings``."""
+def locked_settings_in(keys: Iterable[str], policy: OperatorPolicy, *, operator: bool = False) -> list[str]:
+    """The keys among ``keys`` that must not be changed through the API or ``override_settings``:
+    the policy's locked settings for everyone, the extension's own for all but operators."""
     locked = set(policy.locked_settings)
-    return sorted({k for k in keys if k in locked or k.startswith(PROTECTED_SETTING_PREFIX)})
+    return sorted({k for k in keys if k in locked or (k.startswith(PROTECTED_SETTING_PREFIX) and not operator)})
 
 
-def locked_settings_problem(keys: Iterable[str], policy: OperatorPolicy) -> str | None:
+def locked_settings_problem(keys: Iterable[str], policy: OperatorPolicy, *, operator: bool = False) -> str | None:
     """The message refusing a request that changes locked settings, or None if it changes none."""
-    locked = locked_settings_in(keys, policy)
+    locked = locked_settings_in(keys, policy, operator=operator)
     if not locked:
         return None
     return (f"safe denoiser: the setting{'s' if len(locked) > 1 else ''} {_quoted(locked)} "

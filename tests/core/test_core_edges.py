@@ -25,6 +25,11 @@ from lib_safe_denoiser.core.schedules import (
 ALPHAS = torch.cumprod(1 - torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2, 0)
 
 
+def paper_config(**fields) -> SafeDenoiserConfig:
+    """The paper mode with its kernel at the bandwidth given (no scaling to the latent size)."""
+    return SafeDenoiserConfig(mode="paper", reference_dim=0, **fields)
+
+
 def _points(seed: int, n: int, dim: int = 4, dtype=torch.float64) -> torch.Tensor:
     return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
@@ -63,7 +68,7 @@ def test_a_new_denoiser_reports_its_sets_and_has_done_nothing_yet():
     sd = SafeDenoiser(torch.zeros(3, 5), torch.zeros(7, 5))
     assert (sd.n_negation, sd.n_reference, sd.shape) == (3, 7, (5,))
     assert sd.last_diagnostics is None and sd.gate_threshold is None
-    assert SafeDenoiser(torch.zeros(3, 5), None, SafeDenoiserConfig(mode="paper")).n_reference == 0
+    assert SafeDenoiser(torch.zeros(3, 5), None, paper_config()).n_reference == 0
 
 
 def test_input_errors_name_the_expected_shapes():
@@ -115,7 +120,7 @@ def test_a_beta_equal_to_min_beta_acts():
     odds = SafeDenoiser(bank, _points(10, 5) + 50, SafeDenoiserConfig(strength=2.0, cap=1.0, min_beta=2.0))
     odds.correct(bank[:2], 0.05, bank[:2])  # on the bank, far from the reference: beta = strength * cap
     assert odds.last_diagnostics.beta.tolist() == [2.0, 2.0] and odds.last_diagnostics.acted.all()
-    paper = SafeDenoiser(bank, None, SafeDenoiserConfig(mode="paper", scale=0.2, min_beta=0.2, gate_margin=math.inf))
+    paper = SafeDenoiser(bank, None, paper_config(scale=0.2, min_beta=0.2, gate_margin=math.inf))
     paper.correct(x, 1.0, x)
     assert paper.last_diagnostics.acted.all()
 
@@ -154,7 +159,8 @@ def test_paper_shrink_matters_where_the_kernel_sum_is_tiny():
     """E_u = sum k x / (sum k + 1e-8): a prediction whose kernel sum is ~1e-8 gets about half the shift."""
     bank = torch.full((1, 4), 1.0, dtype=torch.float64)
     d = torch.tensor([[1.0 + 18.42, 1.0, 1.0, 1.0]], dtype=torch.float64)  # |d - b| / 2 = 9.21: k = 1e-4
-    sd = SafeDenoiser(bank, None, SafeDenoiserConfig(mode="paper", scale=0.5, bandwidth=1.0, gate_margin=math.inf))
+    sd = SafeDenoiser(bank, None, paper_config(scale=0.5, bandwidth=1.0, gate_margin=math.inf,
+                                                      project_bank=False))
     got = sd.correct(d, 1.0, d)
     k = math.exp(-18.42 / 2)
     assert k / (k + PAPER_EPS) == pytest.approx(0.9999, abs=1e-4)
@@ -167,10 +173,10 @@ def test_paper_shrink_matters_where_the_kernel_sum_is_tiny():
 
 def test_an_infinite_margin_never_calibrates_and_a_calibration_is_kept():
     bank = _points(15, 6)
-    sd = SafeDenoiser(bank, None, SafeDenoiserConfig(mode="paper", gate_margin=math.inf))
+    sd = SafeDenoiser(bank, None, paper_config(gate_margin=math.inf))
     sd.correct(bank, 1.0, bank)
     assert sd.gate_threshold is None and sd.last_diagnostics.acted.all()
-    gated = SafeDenoiser(bank, None, SafeDenoiserConfig(mode="paper", gate_margin=0.1))
+    gated = SafeDenoiser(bank, None, paper_config(gate_margin=0.1))
     threshold = gated.calibrate_gate(sigma=2.0)
     gated.correct(bank, 1.0, bank)
     assert gated.gate_threshold == threshold, "correct() does not recalibrate a calibrated gate"
@@ -180,7 +186,7 @@ def test_the_gate_opens_only_above_its_bar():
     """One bank point at the origin, h^2 = 1/2 (logit = -distance): a prediction at distance 0.5 has a
     log kernel sum of exactly -0.5; with the bar at exp(-0.5) it does not exceed it."""
     bank = torch.zeros(1, 4)
-    cfg = SafeDenoiserConfig(mode="paper", bandwidth=math.sqrt(0.5), gate_margin=1 - math.exp(-0.5))
+    cfg = paper_config(bandwidth=math.sqrt(0.5), gate_margin=1 - math.exp(-0.5))
     sd = SafeDenoiser(bank, None, cfg)
     on_bar, above = torch.tensor([[0.5, 0.0, 0.0, 0.0]]), torch.tensor([[0.25, 0.0, 0.0, 0.0]])
     sd.correct(on_bar, 1.0, on_bar)
@@ -198,7 +204,7 @@ def test_gate_bar_at_or_below_zero_is_no_gate_and_a_small_bar_still_gates():
     bank = torch.zeros(1, 8)
     far = torch.full((2, 8), 10.0)
     for margin, acted in ((1.0, True), (1.5, True), (0.5, False)):
-        sd = SafeDenoiser(bank, None, SafeDenoiserConfig(mode="paper", bandwidth=1.0, gate_margin=margin))
+        sd = SafeDenoiser(bank, None, paper_config(bandwidth=1.0, gate_margin=margin))
         sd.correct(far, 1.0, far)
         assert sd.gate_threshold == 1.0
         assert sd.last_diagnostics.acted.tolist() == [acted, acted], margin
@@ -211,7 +217,7 @@ def _kernel_sums(queries: torch.Tensor, bank: torch.Tensor, bandwidth: float) ->
 
 def test_calibration_defaults_to_the_clean_banks_smallest_kernel_sum():
     bank = torch.cat([torch.zeros(3, 4, dtype=torch.float64), torch.full((1, 4), 2.0, dtype=torch.float64)])
-    sd = SafeDenoiser(bank, None, SafeDenoiserConfig(mode="paper", bandwidth=1.0))
+    sd = SafeDenoiser(bank, None, paper_config(bandwidth=1.0, project_bank=False))
     sums = _kernel_sums(bank, bank, 1.0)
     assert sd.calibrate_gate() == pytest.approx(float(sums.min()), rel=1e-12)
     assert sd.calibrate_gate(quantile=1.0) == pytest.approx(float(sums.max()), rel=1e-12)
@@ -231,16 +237,16 @@ def test_calibration_is_the_documented_procedure(max_rows):
     noised = torch.cat([part + sigma * torch.randn(part.shape, generator=gen, dtype=part.dtype)
                         for part in queries.split(CALIBRATION_BATCH)])
     want = float(torch.quantile(_kernel_sums(noised, bank, bandwidth), 0.25))
-    sd = SafeDenoiser(bank, None, SafeDenoiserConfig(mode="paper", bandwidth=bandwidth))
+    sd = SafeDenoiser(bank, None, paper_config(bandwidth=bandwidth, project_bank=False))
     assert sd.calibrate_gate(sigma, quantile=0.25, max_rows=max_rows) == pytest.approx(want, rel=1e-12)
-    again = SafeDenoiser(bank, None, SafeDenoiserConfig(mode="paper", bandwidth=bandwidth))
+    again = SafeDenoiser(bank, None, paper_config(bandwidth=bandwidth, project_bank=False))
     assert again.calibrate_gate(sigma, seed=42, quantile=0.25, max_rows=max_rows) == sd.gate_threshold
 
 
 def test_a_bank_of_exactly_max_rows_is_calibrated_on_all_of_it():
     bank = _points(17, 20, 3)
-    a = SafeDenoiser(bank, None, SafeDenoiserConfig(mode="paper")).calibrate_gate(0.5, max_rows=20)
-    b = SafeDenoiser(bank, None, SafeDenoiserConfig(mode="paper")).calibrate_gate(0.5, max_rows=21)
+    a = SafeDenoiser(bank, None, paper_config()).calibrate_gate(0.5, max_rows=20)
+    b = SafeDenoiser(bank, None, paper_config()).calibrate_gate(0.5, max_rows=21)
     assert a == b
 
 
@@ -248,7 +254,7 @@ def test_calibration_covers_every_batch_of_a_large_bank():
     """Over CALIBRATION_BATCH rows: the outlier with the smallest kernel sum sits in the second batch."""
     bank = torch.zeros(CALIBRATION_BATCH + 6, 3, dtype=torch.float64)
     bank[CALIBRATION_BATCH + 3] = 50.0
-    sd = SafeDenoiser(bank, None, SafeDenoiserConfig(mode="paper", bandwidth=1.0))
+    sd = SafeDenoiser(bank, None, paper_config(bandwidth=1.0, project_bank=False))
     assert sd.calibrate_gate() == pytest.approx(1.0, rel=1e-12)  # the outlier's sum: itself only
 
 

@@ -164,11 +164,13 @@ def test_paper_mode_matches_the_official_recipe():
     gen = torch.Generator().manual_seed(9)
     bank = torch.randn(12, 4, 4, 4, generator=gen)
     x0 = torch.randn(2, 4, 4, 4, generator=gen)
-    cfg = SafeDenoiserConfig(mode="paper", scale=0.33, bandwidth=3.15, gate_margin=1.6, sigma_min=4.67)
+    cfg = SafeDenoiserConfig(mode="paper", scale=0.33, bandwidth=3.15, gate_margin=1.6, sigma_min=4.67,
+                             reference_dim=4 * 4 * 4)  # the recipe at this latent size
     sd = SafeDenoiser(bank, None, cfg)
     out = sd.correct(torch.zeros_like(x0), 10.0, x0)
-    k = torch.exp(-torch.cdist(x0.reshape(2, -1).double(), bank.reshape(12, -1).double()) / (2 * 3.15**2))
-    e_u = (k @ bank.reshape(12, -1).double()) / (k.sum(1, keepdim=True) + 1e-8)
+    projected = (bank / bank.norm(dim=1, keepdim=True)).reshape(12, -1).double()  # each channel vector a unit
+    k = torch.exp(-torch.cdist(x0.reshape(2, -1).double(), projected) / (2 * 3.15**2))
+    e_u = (k @ projected) / (k.sum(1, keepdim=True) + 1e-8)
     torch.testing.assert_close(out.reshape(2, -1).double(), x0.reshape(2, -1).double() - 0.33 * e_u,
                                rtol=1e-5, atol=1e-5)
     # gate calibrated on the clean bank: each latent's kernel sum includes itself, so >= 1
@@ -179,7 +181,7 @@ def test_paper_mode_matches_the_official_recipe():
 
 def test_paper_gate_closes_far_from_the_bank():
     bank = torch.zeros(3, 8)
-    cfg = SafeDenoiserConfig(mode="paper", bandwidth=1.0, gate_margin=0.5)
+    cfg = SafeDenoiserConfig(mode="paper", bandwidth=1.0, gate_margin=0.5, reference_dim=0)
     sd = SafeDenoiser(bank, None, cfg)
     assert sd.calibrate_gate(0.0) == pytest.approx(3.0)
     x0 = torch.stack([torch.full((8,), 0.01), torch.full((8,), 10.0)])

@@ -95,7 +95,7 @@ def test_presets_are_the_official_recipes_and_read_only():
     with pytest.raises(TypeError):
         PRESETS["mine"] = PRESETS["nudity (SD 1.x)"]  # type: ignore[index]
     broad = SafeDenoiserArgs().with_preset("inappropriate, broad (I2P)")
-    assert (broad.strength, broad.bandwidth, broad.gate, broad.window_end) == (0.03, 3.55, False, 0.2)
+    assert (broad.strength, broad.bandwidth, broad.gate, broad.window_end) == (0.03, 1.0, False, 0.2)
     cfg = broad.replace(enabled=True, bank="i2p").to_config(SD15_ALPHAS)
     assert cfg.gate_margin == math.inf
     with pytest.raises(KeyError, match="unknown preset"):

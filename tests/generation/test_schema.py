@@ -7,10 +7,12 @@ import json
 import jsonschema
 import pytest
 
+from lib_safe_denoiser.concepts.args import CONCEPT_FIELDS, ConceptArgs
 from lib_safe_denoiser.core.config import MODES
 from lib_safe_denoiser.generation.api_validation import SCRIPT_KEY
 from lib_safe_denoiser.generation.args import FIELDS, ArgsError, SafeDenoiserArgs
 from lib_safe_denoiser.generation.schema import BOUNDS, JSON_TYPES, args_schema
+from lib_safe_denoiser.generation.script_args import SCRIPT_FIELD_NAMES, ScriptArgs
 from lib_safe_denoiser.policy.builtin_presets import preset_names
 
 SCHEMA = args_schema()
@@ -28,7 +30,7 @@ def schema_accepts(args) -> bool:
 
 def validator_accepts(args) -> bool:
     try:
-        SafeDenoiserArgs.check_api_args(args)
+        ScriptArgs.check_api_args(args)
     except ArgsError:
         return False
     return True
@@ -43,10 +45,12 @@ def test_every_field_is_there_with_type_label_and_default():
     named = SCHEMA["$defs"]["fields"]
     positional = SCHEMA["$defs"]["positional"]["prefixItems"]
     defaults = SafeDenoiserArgs()
-    assert list(named["properties"]) == [f.name for f in FIELDS]
+    assert list(named["properties"]) == list(SCRIPT_FIELD_NAMES)
     assert named["additionalProperties"] is False
-    assert SCHEMA["$defs"]["positional"]["maxItems"] == len(FIELDS)
-    for f, by_position in zip(FIELDS, positional, strict=True):
+    assert SCHEMA["$defs"]["positional"]["maxItems"] == len(SCRIPT_FIELD_NAMES)
+    assert [p["title"] for p in positional[len(FIELDS):]] == [f.label for f in CONCEPT_FIELDS]
+    assert [p["default"] for p in positional[len(FIELDS):]] == ConceptArgs().as_positional()
+    for f, by_position in zip(FIELDS, positional, strict=False):
         prop = named["properties"][f.name]
         assert prop == by_position
         if f.name != "bank":  # one name as text, or several as a list
@@ -72,6 +76,18 @@ def test_choices_are_the_validators():
 ])
 def test_saved_presets_and_several_banks_pass_both(fields):
     assert validator_accepts([fields]) and schema_accepts([fields])
+
+
+@pytest.mark.parametrize("fields, valid", [
+    ({"enabled": True, "concepts": "nudity, blood"}, True),
+    ({"enabled": True, "concepts": ["nudity"]}, True),
+    ({"enabled": True, "concepts": ""}, False),
+    ({"concept_eta": 1.0}, False),
+    ({"concept_gamma": -1.0}, False),
+    ({"concept_window_start": 1.5}, False),
+])
+def test_concept_fields_agree(fields, valid):
+    assert validator_accepts([fields]) == valid and schema_accepts([fields]) == valid
 
 
 def test_defaults_validate_in_both_forms():

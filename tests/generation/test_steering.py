@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -117,3 +119,70 @@ def test_each_correction_is_one_trace_step_in_order():
         steering.steer_outputs_(rows.clone(), CONDS, 1.0)
     assert [s.call for s in steering.trace.steps] == [0, 1, 2]
     assert [s.sigma for s in steering.trace.steps] == [3.0, 2.0, 1.0]
+
+
+def paper_steering(**config) -> tuple[Steering, SafeDenoiser, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(11)
+    bank = torch.randn(5, 2, 3, 3, generator=gen)
+    safe = SafeDenoiser(bank, None, SafeDenoiserConfig(mode="paper", gate_margin=math.inf, **config))
+    x = torch.randn(2, 2, 3, 3, generator=gen)
+    return Steering(safe, GenerationTrace()), safe, torch.cat([x, x]), torch.randn(4, 2, 3, 3, generator=gen)
+
+
+@pytest.mark.parametrize("mode, carry, kind, expected", [
+    ("paper", True, "step", True), ("paper", True, None, False), ("paper", False, "step", False),
+    ("constant", True, "heun", False),
+])
+def test_the_carry_is_set_for_the_paper_mode_on_supported_samplers(mode, carry, kind, expected):
+    safe = SafeDenoiser(torch.zeros(2, 3), None, SafeDenoiserConfig(mode=mode, carry=carry))
+    steering = Steering(safe, GenerationTrace())
+    assert not steering.sampler_set
+    steering.set_sampler(kind, 0.5, 3)
+    assert steering.sampler_set and (steering.carry is not None) == expected
+    if expected:
+        assert (steering.carry.kind, steering.carry.eta) == (kind, 0.5)
+
+
+def carried(safe, x_img, sigma, d, seed, steps_left):
+    """d + factor * (correction + re-noising) for the first step of a pass (core/carry.py's formula)."""
+    c = safe.correct(x_img, sigma, d)
+    factor = sigma / (sigma - sigma * (0.03 / sigma) ** (1 / (steps_left - 1))) if steps_left > 1 else 1.0
+    noise = torch.randn(2, 18, generator=torch.Generator().manual_seed(seed)).reshape(d.shape)
+    return d + factor * (c - d + sigma * noise - (x_img - d))
+
+
+@pytest.mark.parametrize("tick, total, steps_left", [(2, 10, 8), (0, 4, 4), (None, None, 1), (3, None, 1)])
+def test_a_first_call_is_carried_with_the_steps_left_in_its_pass(tick, total, steps_left):
+    steering, safe, x_in, rows = paper_steering()
+    steering.set_sampler("step", 0.0, 7)
+    steering.capture(x_in, torch.full((4,), 3.0), tick, total)
+    before = rows[2:] + 2.0 * (rows[:2] - rows[2:])
+    expected = carried(safe, x_in[2:], 3.0, before, 7, steps_left)
+    steering.steer_outputs_(rows, CONDS, 2.0)
+    torch.testing.assert_close(rows[2:] + 2.0 * (rows[:2] - rows[2:]), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_heuns_second_call_adds_the_rest_of_the_carry_in_place_of_its_own_correction():
+    steering, safe, x_in, rows = paper_steering()
+    steering.set_sampler("heun", 0.0, 7)
+    steering.capture(x_in, torch.full((4,), 3.0), 0, 4)
+    first = rows.clone()
+    steering.steer_outputs_(first, CONDS, 1.0)
+    change = (first[2:] - rows[2:]) / (3.0 / (3.0 - 3.0 * (0.03 / 3.0) ** (1 / 3)))
+    steering.capture(x_in, torch.full((4,), 2.0), 0, 4, second=True)
+    second = rows.clone()
+    steering.steer_outputs_(second, CONDS, 1.0)
+    factor = 3.0 / (3.0 - 3.0 * (0.03 / 3.0) ** (1 / 3))
+    torch.testing.assert_close(second - rows, torch.cat([(factor - 1) * change] * 2), rtol=1e-4, atol=1e-4)
+    steering.capture(x_in, torch.full((4,), 2.0), 1, 4, second=True)
+    third = rows.clone()
+    steering.steer_outputs_(third, CONDS, 1.0)
+    assert torch.equal(third, rows), "nothing left to add"
+
+
+def test_outside_the_window_a_carried_pass_leaves_the_prediction_alone():
+    steering, _, x_in, rows = paper_steering(sigma_max=1.0)
+    steering.set_sampler("step", 0.0, 7)
+    steering.capture(x_in, torch.full((4,), 3.0), 0, 4)
+    combined = rows[:2]
+    assert steering.steer_combined(combined) is combined

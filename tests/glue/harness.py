@@ -55,6 +55,13 @@ class TinyVAE(torch.nn.Module):
         """Not counted: how the model side draws its pictures."""
         return self.mix(torch.nn.functional.avg_pool2d(x, 8))
 
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Back to pixels in [-1, 1] (differentiable, as the concept steering needs): the channel mix
+        inverted by least squares, upsampled 8x."""
+        unmix = torch.linalg.pinv(self.mix.weight[:, :, 0, 0])  # [3, 4]
+        pixels = torch.einsum("ck,bkhw->bchw", unmix.to(z.dtype), z)
+        return torch.tanh(torch.nn.functional.interpolate(pixels, scale_factor=8, mode="nearest"))
+
 
 class TinyModel:
     """What ``shared.sd_model`` offers: family flags, schedule, first stage and ``apply_model``.
@@ -69,6 +76,7 @@ class TinyModel:
         self.cond_stage_key = "crossattn"
         self.sd_model_hash = "tiny0001"
         self.first_stage_model = TinyVAE()
+        self.scale_factor = 0.5  # get_first_stage_encoding's
         self.fail_at: int | None = None
         self.model_calls = 0
         self.__dict__.update(flags)

@@ -10,6 +10,7 @@ import gradio as gr
 import pytest
 
 from lib_safe_denoiser.generation.args import FIELD_NAMES, SafeDenoiserArgs
+from lib_safe_denoiser.generation.script_args import SCRIPT_FIELD_NAMES
 from lib_safe_denoiser.policy.builtin_presets import PRESETS, preset_fields, preset_names
 from tests.glue import harness
 
@@ -48,7 +49,7 @@ def test_every_element_has_its_documented_id(script, is_img2img):
     prefix = f"script_{'img2img' if is_img2img else 'txt2img'}_safe_denoiser_"
     ids = [c.elem_id for c in components]
     assert ids[0] == f"{prefix}enabled-checkbox" and components[0].accordion_id == f"{prefix}enabled"
-    assert ids[1:] == [prefix + name for name in FIELD_NAMES[1:]]
+    assert ids[1:] == [prefix + name for name in SCRIPT_FIELD_NAMES[1:]]
     assert elements[f"{prefix}enabled"]["type"] == "accordion"
     for helper in HELPERS:
         assert prefix + helper in elements
@@ -56,7 +57,7 @@ def test_every_element_has_its_documented_id(script, is_img2img):
 
 def test_sliders_span_their_ranges_and_hold_every_preset(script):
     _, components, _, _, _ = build(script, False)
-    by_field = dict(zip(FIELD_NAMES, components, strict=True))
+    by_field = dict(zip(SCRIPT_FIELD_NAMES, components, strict=True))
     defaults = SafeDenoiserArgs()
     for name, (low, high, step) in SLIDERS.items():
         slider = by_field[name]
@@ -77,7 +78,7 @@ def test_strings_are_translatable_and_the_panels_start_closed(script):
     unlabelled = [i for i, c in elements.items() if c["type"] != "button" and not c["props"].get("label")]
     assert unlabelled == [], "every element but a button says what it is"
     accordions = [c for c in config["components"] if c["type"] == "accordion"]
-    titles = ["Safe Denoiser", "Advanced", "Presets", "Diagnostics of the last generation"]
+    titles = ["Safe Denoiser", "Advanced", "Concepts (CLIP)", "Presets", "Diagnostics of the last generation"]
     assert [a["props"]["label"] for a in accordions] == titles
     assert not any(a["props"]["open"] for a in accordions)
     prefix = "script_txt2img_safe_denoiser_"

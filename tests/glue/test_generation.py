@@ -90,19 +90,6 @@ def test_xyz_override_beats_the_ui(script, glue):
     assert res.p.extra_generation_params["Safe denoiser strength"] == "0"
 
 
-def test_paper_mode_default_preset_corrects_the_early_steps(script, glue):
-    """The default recipe: its kernel is on the prediction itself, its window the first 22% of the
-    timeline (DDPM t >= 780: the first three of 10 Euler calls here)."""
-    probe = harness.Probe()
-    res = harness.run_job(script, [True, "unsafe"], prompts=EITHER_AND_SAFE, probe=probe)
-    info = res.p.extra_generation_params
-    assert info[KEY_MODE] == "paper" and info["Safe denoiser preset"] == "nudity (SD 1.x)"
-    assert len(res.images) == 2 and KEY_ERROR not in info
-    oracle.assert_every_call_corrected(probe.calls, oracle.job_denoiser(glue))
-    window = [i for i, s in enumerate(last_job(glue).trace.steps) if s.sigma > 0 and s.acted]
-    assert window and max(window) < 3
-
-
 @pytest.mark.parametrize("args, message", [
     ([True, "no-such-bank"], "no-such-bank"),
     ([{"enabled": True, "bank": "unsafe", "strenght": 2}], "strenght"),

@@ -6,8 +6,9 @@ from __future__ import annotations
 import gradio as gr
 from modules import infotext_utils
 
-from lib_safe_denoiser.generation.args import FIELDS, SafeDenoiserArgs
+from lib_safe_denoiser.generation.args import SafeDenoiserArgs
 from lib_safe_denoiser.generation.infotext import KEY_ERROR, KEY_PRESET
+from lib_safe_denoiser.generation.script_args import SCRIPT_FIELD_NAMES
 from tests.glue import harness
 from tests.glue.conftest import last_job
 
@@ -30,7 +31,8 @@ def paste(script, text: str) -> dict:
     for component, read in script.infotext_fields:
         value = read(params)
         if value is not None:
-            restored[FIELDS[components.index(component)].name] = value
+            restored[SCRIPT_FIELD_NAMES[components.index(component)]] = value
+    assert restored.pop("concepts") == "", "made without concepts: pasting switches them off"
     return restored
 
 

@@ -149,8 +149,10 @@ def test_locked_settings_cannot_be_changed_over_rest(client):
     assert r.status_code == 403 and "'sd_vae' is locked by the operator" in r.json()["detail"]
     assert client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2}, headers=BOB).json() == {
         "applied": ["CLIP_stop_at_last_layers"]}
-    own = client.post("/sdapi/v1/options", json={"safe_denoiser_steer_hires": False}, headers=ROOT)
-    assert own.status_code == 403, "the extension's own settings are never changed over the API"
+    own = client.post("/sdapi/v1/options", json={"safe_denoiser_steer_hires": False}, headers=BOB)
+    assert own.status_code == 403, "users never change the extension's own settings over the API"
+    assert client.post("/sdapi/v1/options", json={"safe_denoiser_steer_hires": False}, headers=ROOT).json() == {
+        "applied": ["safe_denoiser_steer_hires"]}, "operators may"
     r = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "override_settings": {"sd_vae": "x.vae"}},
                     headers=BOB)
     assert r.status_code == 403 and "override_settings" in r.json()["detail"]

@@ -235,14 +235,20 @@ def test_the_default_preset_and_the_hidden_accordion_follow_the_user(script, glu
     assert "your own settings were replaced by the operator's preset" in own.infotexts[-1][KEY_POLICY]
 
 
-def test_locked_settings_are_dropped_from_override_settings(script, glue, policy):
+def test_locked_settings_are_dropped_from_override_settings(script, glue, policy, users):
     policy(locked_settings=["sd_vae"])
-    p = harness.Processing(sd_model=shared.sd_model)
-    p.override_settings = {"sd_vae": "other.vae", "CLIP_stop_at_last_layers": 2, "safe_denoiser_steer_hires": False}
+    wanted = {"sd_vae": "other.vae", "CLIP_stop_at_last_layers": 2, "safe_denoiser_steer_hires": False}
+    p = as_user("alice")
+    p.override_settings = dict(wanted)
     harness.run_job(script, [], p=p)
     assert p.override_settings == {"CLIP_stop_at_last_layers": 2}
     assert ("Safe denoiser: the operator locked safe_denoiser_steer_hires, sd_vae; the override was ignored."
             in p.comments)
+    p = as_user("root")
+    p.override_settings = dict(wanted)
+    harness.run_job(script, [], p=p)
+    assert p.override_settings == {"CLIP_stop_at_last_layers": 2, "safe_denoiser_steer_hires": False}, \
+        "operators may change the extension's own settings, not the locked ones"
 
 
 def test_the_page_load_event_loads_the_default_and_hides_the_accordion(script, glue, policy, users):

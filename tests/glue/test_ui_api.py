@@ -10,9 +10,11 @@ from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from modules import script_callbacks, scripts, shared
 
+from lib_safe_denoiser.concepts.args import ConceptArgs
 from lib_safe_denoiser.generation.api_validation import ArgsValidationMiddleware
-from lib_safe_denoiser.generation.args import FIELDS, SafeDenoiserArgs
+from lib_safe_denoiser.generation.args import SafeDenoiserArgs
 from lib_safe_denoiser.generation.infotext import to_infotext
+from lib_safe_denoiser.generation.script_args import SCRIPT_FIELD_NAMES, SCRIPT_LABELS, ScriptArgs
 from lib_safe_denoiser.policy.builtin_presets import preset_fields
 from safe_denoiser_webui.preset_panel import VALUE_FIELDS
 
@@ -26,10 +28,10 @@ def build_ui(script, is_img2img=False):
 
 def test_ui_returns_one_component_per_field_with_defaults_and_labels(script):
     demo, components = build_ui(script)
-    assert len(components) == len(FIELDS)
-    defaults = SafeDenoiserArgs.from_positional([c.value for c in components])
-    assert defaults == SafeDenoiserArgs(bank="")  # what the API fills in for missing trailing args
-    assert [c.label for c in components[1:]] == [f.label for f in FIELDS[1:]]
+    assert len(components) == len(SCRIPT_FIELD_NAMES)
+    defaults = ScriptArgs.from_positional([c.value for c in components])
+    assert defaults == ScriptArgs(SafeDenoiserArgs(bank=""), ConceptArgs())  # what the API fills in
+    assert [c.label for c in components[1:]] == [SCRIPT_LABELS[name] for name in SCRIPT_FIELD_NAMES[1:]]
     assert components[0].accordion.label == "Safe Denoiser" and components[0].elem_id.endswith("-checkbox")
     assert "unsafe" in components[1].choices
     config = demo.get_config_file()
@@ -55,7 +57,8 @@ def test_pasting_infotext_restores_the_fields(script, glue):
     for component, read in script.infotext_fields:
         value = read(pasted)
         if value is not None:
-            restored[FIELDS[components.index(component)].name] = value
+            restored[SCRIPT_FIELD_NAMES[components.index(component)]] = value
+    assert restored.pop("concepts") == "", "made without concepts: pasting switches them off"
     assert SafeDenoiserArgs(**{**SafeDenoiserArgs().as_dict(), **restored}) == args
     # an image made without the extension switches it off
     enabled_reader = next(read for c, read in script.infotext_fields if c is components[0])
@@ -89,13 +92,15 @@ def test_xyz_axes_registered_and_applied(glue):
         scripts.scripts_data.remove(data)
     labels = [a.label for a in xyz.axis_options]
     assert labels == ["[Safe Denoiser] Enabled", "[Safe Denoiser] Strength", "[Safe Denoiser] Bank",
-                      "[Safe Denoiser] Mode", "[Safe Denoiser] Window start", "[Safe Denoiser] Window end"]
+                      "[Safe Denoiser] Mode", "[Safe Denoiser] Window start", "[Safe Denoiser] Window end",
+                      "[Safe Denoiser] Concepts", "[Safe Denoiser] Concept eta", "[Safe Denoiser] Concept gamma"]
     p = types.SimpleNamespace()
     by_label = {a.label: a for a in xyz.axis_options}
     by_label["[Safe Denoiser] Strength"].apply(p, 0.7, [])
     by_label["[Safe Denoiser] Mode"].apply(p, "odds", [])
     by_label["[Safe Denoiser] Enabled"].apply(p, "True", [])
-    assert getattr(p, glue.XYZ_ATTR) == {"strength": 0.7, "mode": "odds", "enabled": True}
+    by_label["[Safe Denoiser] Concept gamma"].apply(p, 40.0, [])
+    assert getattr(p, glue.XYZ_ATTR) == {"strength": 0.7, "mode": "odds", "enabled": True, "concept_gamma": 40.0}
     assert "unsafe" in by_label["[Safe Denoiser] Bank"].choices()
 
 

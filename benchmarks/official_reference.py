@@ -1,0 +1,227 @@
+"""A reference implementation of the official safe denoiser loop, for the parity benchmark and tests only.
+
+Transcribed from the paper's code (github MingyuKim87/Safe_Denoiser):
+``repellency/repellency_methods_threshold.py`` (``kernel_fast``: RBFKernelRepellency, ``project``,
+``set_noisy_proj_ref``, ``empirical_beta``) and
+``models/textuals_visual/modified_safree_diffusion_pipeline_threshold_time.py`` (the sampling loop):
+
+- the bank is projected: every spatial C-vector of a bank latent divided by its L2 norm (``dim=1``);
+- the kernel is ``exp(-||x0^ - b_n|| / (2 h^2))`` on the *unsquared* distance, the unsafe mean
+  ``sum k_n b_n / (sum k_n + 1e-8)`` and the corrected prediction ``x0^ - scale * mean``;
+- the gate opens while ``sum k_n + 1e-8 > threshold - margin``; the threshold is the minimum over
+  the bank of that sum for the bank noised (``add_noise``, seed 42) at the last scheduler timestep;
+- inside the window ``780 <= t <= 1000`` the loop takes x0^ from the DDPM step, corrects it and,
+  where the gate is open, *replaces the sampler state* with ``add_noise(x0^', fresh noise, t)``;
+  the DDPM step then runs from that state with the *old* noise prediction.
+
+Everything is written in the k-diffusion form ``x = x0 + sigma * eps`` (a VP latent divided by
+sqrt(alpha_bar)). There the state replacement is ``x <- x0^' + sigma * n`` and the old noise
+prediction ``eps = (x_old - D) / sigma`` becomes the prediction ``D'' = x_new - sigma * eps`` the
+step continues with. The same replacement is transplanted into the other samplers' loops (at the
+first model evaluation of each step, as the official loop corrects once per step), so every
+sampler family has its own reference. This file never goes into the extension: it imports nothing
+from the WebUI and is not imported by ``lib_safe_denoiser``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+Model = Callable[[torch.Tensor, float], torch.Tensor]
+"""D(x, sigma): the model's denoised prediction in the k-diffusion form."""
+Replace = Callable[[torch.Tensor, float, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""(x, sigma, D) -> (x', D''): the reference's state replacement at a step's first evaluation."""
+
+EPSILON = 1e-8
+CALIBRATION_SEED = 42
+WINDOW_T = (780, 1000)
+"""The official nudity recipe's window in DDPM timesteps (negation_warmup_end, negation_warmup_start)."""
+INFERENCE_STEPS = 50
+STEPS_OFFSET = 1
+"""Stable Diffusion's DDPMScheduler config: timesteps 981, 961, ..., 1 for 50 steps."""
+
+
+def sd_alphas_cumprod() -> torch.Tensor:
+    """Stable Diffusion 1.x's scaled-linear DDPM schedule (beta 0.00085 .. 0.012, 1000 steps)."""
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0)
+
+
+def ddpm_timesteps(steps: int = INFERENCE_STEPS, offset: int = STEPS_OFFSET) -> list[int]:
+    """diffusers' DDPMScheduler.set_timesteps ("leading" spacing) with SD's steps_offset."""
+    ratio = 1000 // steps
+    return [i * ratio + offset for i in reversed(range(steps))]
+
+
+def sigma_of(t: int, alphas_cumprod: torch.Tensor) -> float:
+    a = float(alphas_cumprod[t])
+    return math.sqrt((1 - a) / a)
+
+
+def project(latents: torch.Tensor) -> torch.Tensor:
+    """``RepellencyMethod.project``: each spatial vector over the channel axis (dim 1) divided by its
+    L2 norm. (A zero vector stays zero here; the official code would divide by zero.)"""
+    norm = latents.norm(dim=1, keepdim=True)
+    return latents / norm.clamp_min(torch.finfo(latents.dtype).tiny)
+
+
+@dataclass
+class KernelFast:
+    """``kernel_fast`` (RBFKernelRepellency) on a projected bank, one gate decision per sample."""
+
+    bank: torch.Tensor  # [N, ...] projected bank latents
+    bandwidth: float = 3.15
+    scale: float = 0.33
+    margin: float = 1.6
+    threshold: float = -math.inf  # -inf: no gate
+
+    def kernel(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(unsafe mean [B, ...], denominator sum k + eps [B]) as ``empirical_denoiser`` computes them."""
+        flat, ref = x.reshape(x.shape[0], -1).double(), self.bank.reshape(self.bank.shape[0], -1).double()
+        k = torch.exp(-torch.cdist(flat, ref) / (2.0 * self.bandwidth**2))
+        denominator = k.sum(dim=1) + EPSILON
+        mean = (k @ ref) / denominator[:, None]
+        return mean.reshape(x.shape).to(x.dtype), denominator
+
+    def correct(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0 - scale * mean, gate open per sample): ``conditioning_threshold``."""
+        mean, denominator = self.kernel(x0)
+        return x0 - self.scale * mean, denominator > self.threshold - self.margin
+
+    def calibrate(self, alphas_cumprod: torch.Tensor, t_last: int = STEPS_OFFSET) -> float:
+        """``set_noisy_proj_ref`` + ``empirical_beta`` (quantile 0) at the last timestep: the bank
+        noised as VP latents ``sqrt(a) b + sqrt(1 - a) n`` with seed 42, its minimum kernel sum."""
+        gen = torch.Generator().manual_seed(CALIBRATION_SEED)
+        a = float(alphas_cumprod[t_last])
+        noise = torch.randn(self.bank.shape, generator=gen, dtype=self.bank.dtype)
+        noised = math.sqrt(a) * self.bank + math.sqrt(1 - a) * noise
+        _, denominator = self.kernel(noised)
+        self.threshold = float(denominator.min())
+        return self.threshold
+
+
+def state_replacement(repel: KernelFast, window: tuple[float, float], gen: torch.Generator) -> Replace:
+    """The official correction as a sampler-state replacement inside the sigma ``window``."""
+    lo, hi = window
+
+    def replace(x: torch.Tensor, sigma: float, denoised: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not lo <= sigma <= hi:
+            return x, denoised
+        corrected, gate = repel.correct(denoised)
+        noise = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+        eps = (x - denoised) / sigma
+        x_new = corrected + sigma * noise
+        open_ = gate.reshape(-1, *([1] * (x.ndim - 1)))
+        x_out = torch.where(open_, x_new, x)
+        return x_out, torch.where(open_, x_new - sigma * eps, denoised)
+
+    return replace
+
+
+def _first(model: Model, replace: Replace | None, x: torch.Tensor, sigma: float):
+    denoised = model(x, sigma)
+    return (x, denoised) if replace is None else replace(x, sigma, denoised)
+
+
+def _ancestral(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:
+    """k-diffusion's get_ancestral_step: (sigma_down, sigma_up)."""
+    if sigma_next == 0 or eta == 0:
+        return sigma_next, 0.0
+    up = min(sigma_next, eta * math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2))
+    return math.sqrt(sigma_next**2 - up**2), up
+
+
+@torch.no_grad()
+def sample(kind: str, model: Model, x: torch.Tensor, sigmas: list[float], gen: torch.Generator,
+           replace: Replace | None = None) -> torch.Tensor:
+    """k-diffusion's loops (Euler, Euler a, Heun, DPM++ 2M, DPM++ SDE), the WebUI's PLMS in the
+    k-diffusion form and diffusers' DDPM step, from ``x`` at ``sigmas[0]``; ``replace`` acts at each
+    step's first model evaluation. ``gen`` draws the samplers' own noise."""
+    history: list[torch.Tensor] = []
+    for i in range(len(sigmas) - 1):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        x, denoised = _first(model, replace, x, s)
+        eps = (x - denoised) / s
+        if kind in ("euler", "ddim"):
+            x = x + (s_next - s) * eps
+        elif kind == "euler_a":
+            down, up = _ancestral(s, s_next)
+            x = x + (down - s) * eps + up * torch.randn(x.shape, generator=gen, dtype=x.dtype)
+        elif kind == "heun":
+            x_2 = x + (s_next - s) * eps
+            x = x_2 if s_next == 0 else x + (s_next - s) * (eps + (x_2 - model(x_2, s_next)) / s_next) / 2
+        elif kind == "dpmpp_2m":
+            x = _dpmpp_2m(x, denoised, s, s_next, sigmas[i - 1] if history else None, history[-1:] or None)
+            history.append(denoised)
+        elif kind == "dpmpp_sde":
+            x = _dpmpp_sde(model, x, denoised, s, s_next, gen)
+        elif kind == "plms":
+            x, eps_used = _plms(model, x, eps, s, s_next, history)
+            history.append(eps_used)
+        elif kind == "ddpm":
+            x = _ddpm(x, denoised, s, s_next, gen)
+        else:
+            raise ValueError(f"unknown sampler {kind!r}")
+    return x
+
+
+def _dpmpp_2m(x, denoised, s, s_next, s_prev, old):
+    t, t_next = -math.log(s), -math.log(s_next) if s_next > 0 else math.inf
+    if s_next == 0:
+        return denoised
+    h = t_next - t
+    if old is None:
+        d = denoised
+    else:
+        r = (t - -math.log(s_prev)) / h
+        d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old[0]
+    return (s_next / s) * x - math.expm1(-h) * d
+
+
+def _dpmpp_sde(model, x, denoised, s, s_next, gen, r: float = 0.5):
+    if s_next == 0:
+        return denoised
+    t, t_next = -math.log(s), -math.log(s_next)
+    h = t_next - t
+    s_mid = math.exp(-(t + h * r))
+    down, up = _ancestral(s, s_mid)
+    x_2 = (down / s) * x - math.expm1(-(-math.log(down) - t)) * denoised
+    x_2 = x_2 + up * torch.randn(x.shape, generator=gen, dtype=x.dtype)
+    denoised_2 = model(x_2, s_mid)
+    down, up = _ancestral(s, s_next)
+    d = (1 - 1 / (2 * r)) * denoised + (1 / (2 * r)) * denoised_2
+    x = (down / s) * x - math.expm1(-(-math.log(down) - t)) * d
+    return x + up * torch.randn(x.shape, generator=gen, dtype=x.dtype)
+
+
+def _plms(model, x, eps, s, s_next, history):
+    """The WebUI's PLMS (sd_samplers_timesteps_impl.plms) with its DDIM step written as x + (s' - s) e."""
+    if not history:
+        x_2 = x + (s_next - s) * eps
+        eps_next = (x_2 - model(x_2, s_next)) / s_next if s_next > 0 else eps
+        e = (eps + eps_next) / 2
+    elif len(history) == 1:
+        e = (3 * eps - history[-1]) / 2
+    elif len(history) == 2:
+        e = (23 * eps - 16 * history[-1] + 5 * history[-2]) / 12
+    else:
+        e = (55 * eps - 59 * history[-1] + 37 * history[-2] - 9 * history[-3]) / 24
+    return x + (s_next - s) * e, eps
+
+
+def _ddpm(x, denoised, s, s_next, gen):
+    """diffusers' DDPMScheduler.step (eps prediction, "fixed_small" variance, no clipping) in the k form:
+    the posterior q(x_prev | x, x0) of the VP process between noise levels s and s_next."""
+    if s_next == 0:
+        return denoised
+    a, a_next = 1 / (1 + s**2), 1 / (1 + s_next**2)
+    beta = 1 - a / a_next
+    c0 = math.sqrt(a_next) * beta / (1 - a)
+    ct = math.sqrt(1 - beta) * (1 - a_next) / (1 - a)
+    var = (1 - a_next) / (1 - a) * beta
+    vp = c0 * denoised + ct * math.sqrt(a) * x + math.sqrt(var) * torch.randn(x.shape, generator=gen, dtype=x.dtype)
+    return vp / math.sqrt(a_next)
