@@ -19,6 +19,7 @@ from lib_safe_denoiser.concepts.constants import DEFAULT_ETA, DEFAULT_GAMMA
 from lib_safe_denoiser.concepts.parsing import ConceptError, concepts_text, parse_concepts
 from lib_safe_denoiser.concepts.steering import ConceptSummary
 from lib_safe_denoiser.core.schedules import fraction_window_to_sigmas
+from lib_safe_denoiser.generation.infotext import read_float
 
 PREFIX = "Safe denoiser concepts"
 KEY_CONCEPTS = PREFIX
@@ -149,14 +150,6 @@ def to_infotext(args: ConceptArgs, judge_label: str, summary: ConceptSummary | N
     return out
 
 
-def _float(params: Mapping[str, Any], key: str) -> float | None:
-    try:
-        value = float(params[key])
-    except (KeyError, TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
 def from_infotext(params: Mapping[str, Any]) -> dict[str, Any]:
     """Argument fields recovered from pasted infotext pairs; ``{"concepts": ""}`` when the image
     was made without concepts (so pasting turns them off)."""
@@ -164,7 +157,7 @@ def from_infotext(params: Mapping[str, Any]) -> dict[str, Any]:
         return {"concepts": ""}
     out: dict[str, Any] = {"concepts": str(params[KEY_CONCEPTS])}
     for name, key in (("concept_eta", KEY_ETA), ("concept_gamma", KEY_GAMMA)):
-        value = _float(params, key)
+        value = read_float(params, key)
         if value is not None:
             out[name] = value
     start, sep, end = str(params.get(KEY_WINDOW, "")).partition("-")

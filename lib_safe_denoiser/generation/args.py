@@ -206,29 +206,6 @@ class SafeDenoiserArgs:
             values = {**preset_fields(preset), **values}
         return cls(**values)
 
-    @classmethod
-    def from_script_args(cls, args: Sequence[Any]) -> SafeDenoiserArgs:
-        """What a Script receives: one dict of named fields first, or the positional UI values.
-
-        The WebUI fills the slots after an API request's own args with the UI defaults, so with a
-        dict first the rest are those defaults and are ignored; ``check_api_args`` refuses a
-        request that really sends more than the dict.
-        """
-        if len(args) >= 1 and isinstance(args[0], Mapping):
-            return cls.from_dict(args[0])
-        return cls.from_positional(args)
-
-    @classmethod
-    def check_api_args(cls, args: Any) -> SafeDenoiserArgs:
-        """Validate the raw ``args`` of an API request's ``alwayson_scripts`` entry."""
-        if not isinstance(args, list):
-            raise ArgsError(f"'args' must be a list (positional values, or one dict of named fields), got {args!r}")
-        if args and isinstance(args[0], Mapping) and len(args) > 1:
-            raise ArgsError("pass either one dict of named fields or positional values, not both")
-        if any(isinstance(a, Mapping) for a in args[1:]):
-            raise ArgsError("a dict of named fields must be the only element of 'args'")
-        return cls.from_script_args(args)
-
     # ------------------------------------------------------------------ conversions
     def replace(self, **changes: Any) -> SafeDenoiserArgs:
         return dataclasses.replace(self, **changes)

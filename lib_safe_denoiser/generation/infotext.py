@@ -101,7 +101,8 @@ def policy_infotext(preset: PresetRef | None, notes: Sequence[str] = ()) -> dict
     return out
 
 
-def _float(params: Mapping[str, Any], key: str) -> float | None:
+def read_float(params: Mapping[str, Any], key: str) -> float | None:
+    """A finite number from a pasted infotext pair, or None (missing, unreadable, inf or nan)."""
     try:
         value = float(params[key])
     except (KeyError, TypeError, ValueError):
@@ -124,7 +125,7 @@ def from_infotext(params: Mapping[str, Any]) -> dict[str, Any]:
     if KEY_PRESET_SCOPE in params:  # a saved preset: its numbers are restored, its name is never resolved
         out["preset"] = CUSTOM
     for field, key in (("strength", KEY_STRENGTH), ("prior", KEY_PRIOR), ("bandwidth", KEY_BANDWIDTH)):
-        value = _float(params, key)
+        value = read_float(params, key)
         if value is not None:
             out[field] = value
     window = str(params.get(KEY_WINDOW, ""))
@@ -136,7 +137,7 @@ def from_infotext(params: Mapping[str, Any]) -> dict[str, Any]:
         pass
     if KEY_GATE in params:
         gate = str(params[KEY_GATE])
-        margin = _float(params, KEY_GATE)
+        margin = read_float(params, KEY_GATE)
         out["gate"] = gate != "off"
         if margin is not None:
             out["gate_margin"] = margin

@@ -61,8 +61,12 @@ class ScriptArgs:
 
     @classmethod
     def from_script_args(cls, args: Sequence[Any]) -> ScriptArgs:
-        """What a Script receives: one dict of named fields first (the rest are the UI defaults the
-        WebUI filled in), or the positional UI values."""
+        """What a Script receives: one dict of named fields first, or the positional UI values.
+
+        The WebUI fills the slots after an API request's own args with the UI defaults, so with a
+        dict first the rest are those defaults and are ignored; ``check_api_args`` refuses a
+        request that really sends more than the dict.
+        """
         if len(args) >= 1 and isinstance(args[0], Mapping):
             return cls.from_dict(args[0])
         return cls.from_positional(args)

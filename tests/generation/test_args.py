@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lib_safe_denoiser.generation.args import FIELD_NAMES, ArgsError, SafeDenoiserArgs
+from lib_safe_denoiser.generation.script_args import ScriptArgs
 from lib_safe_denoiser.policy.builtin_presets import CUSTOM, PRESETS, preset_fields, preset_names
 
 SD15_ALPHAS = torch.cumprod(1 - torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2, 0)
@@ -25,15 +26,17 @@ def test_defaults_are_the_papers_nudity_recipe():
 def test_positional_round_trip_and_missing_trailing_defaults():
     args = SafeDenoiserArgs(enabled=True, bank="b", mode="odds", strength=2.0, reference_bank="generic")
     assert SafeDenoiserArgs.from_positional(args.as_positional()) == args
-    short = SafeDenoiserArgs.from_script_args([True, "b"])
+    short = ScriptArgs.from_script_args([True, "b"]).bank
     assert short == SafeDenoiserArgs(enabled=True, bank="b")
     with pytest.raises(ArgsError, match="at most 12"):
         SafeDenoiserArgs.from_positional([False] * 13)
+    with pytest.raises(ArgsError, match="at most 17"):
+        ScriptArgs.from_positional([False] * 18)
 
 
 def test_dict_form_fills_from_preset_and_names_bad_fields():
     person = "a person / memorised image"
-    args = SafeDenoiserArgs.from_script_args([{"enabled": True, "bank": "anna", "preset": person}])
+    args = ScriptArgs.from_script_args([{"enabled": True, "bank": "anna", "preset": person}]).bank
     assert args.strength == 0.69 and args.bandwidth == 13.15 and not args.gate and args.window_end == 0.24
     explicit = SafeDenoiserArgs.from_dict({"enabled": True, "bank": "anna", "preset": person, "strength": 0.5})
     assert explicit.strength == 0.5
@@ -44,11 +47,11 @@ def test_dict_form_fills_from_preset_and_names_bad_fields():
     with pytest.raises(ArgsError, match="'enabled' must be true or false"):
         SafeDenoiserArgs.from_dict({"enabled": "yes"})
     with pytest.raises(ArgsError, match="either one dict"):
-        SafeDenoiserArgs.check_api_args([{"enabled": True}, 1.0])
+        ScriptArgs.check_api_args([{"enabled": True}, 1.0])
     with pytest.raises(ArgsError, match="must be a list"):
-        SafeDenoiserArgs.check_api_args({"enabled": True})
+        ScriptArgs.check_api_args({"enabled": True})
     # in a Script, the slots after the dict hold the UI defaults the WebUI filled in
-    filled = SafeDenoiserArgs.from_script_args([{"strength": 0.5}, False, "", "custom", "odds"])
+    filled = ScriptArgs.from_script_args([{"strength": 0.5}, False, "", "custom", "odds"]).bank
     assert filled.strength == 0.5 and filled.mode == "paper"
 
 
