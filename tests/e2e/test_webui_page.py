@@ -44,10 +44,17 @@ def _number(page, elem_id: str, value: str) -> None:
 
 
 def _choose(page, elem: str, choice: str) -> None:
+    """Pick ``choice``: the focus event refreshes the choices from the server, and the dropdown filters
+    them as text is typed, so type again until the refreshed choice is listed."""
     box = page.locator(f"#script_txt2img_safe_denoiser_{elem} input")
+    option = page.locator(f"#script_txt2img_safe_denoiser_{elem} ul.options li", has_text=choice).first
     box.click()
-    box.fill(choice)
-    page.locator(f"#script_txt2img_safe_denoiser_{elem} ul.options li", has_text=choice).first.click()
+    for _ in range(40):
+        box.fill(choice)
+        if option.count():
+            break
+        page.wait_for_timeout(500)
+    option.click()
 
 
 def test_accordion_enables_steers_and_shows_diagnostics(page, banks, tmp_path):
