@@ -5,11 +5,12 @@ working tree under build/mutation/<group>, against the tests that pin it; mutmut
 mutant, only the tests that execute the mutated function. Mutants that no test can tell from
 the original are listed, with the reason, in docs/mutation.md and left out of the score.
 
-    python benchmarks/mutation_score.py [group ...] [--max-children N] [--report-only]
+    python benchmarks/mutation_score.py [group ...] [--max-children N] [--report-only | --recheck | --resume]
 
 Groups: math (core/), rows (generation/cfg_rows, steering, job), glue (scripts/safe_denoiser.py).
-On 2 CPU cores a full run takes about an hour; `mutmut browse` in build/mutation/<group> shows
-every mutant of the last run.
+On 2 shared CPU cores a full run takes one to three hours; `mutmut browse` in build/mutation/<group>
+shows every mutant of the last run. ``--resume`` continues an interrupted run, ``--recheck`` runs
+only its survivors again after tests were added.
 """
 
 from __future__ import annotations
@@ -95,22 +96,70 @@ def prepare(name: str, group: Group) -> Path:
     return work
 
 
-def run(name: str, group: Group, max_children: int) -> dict[str, str]:
-    """The verdict per mutant name, also kept in build/mutation/<group>/verdicts.json."""
-    work = prepare(name, group)
+def run(name: str, group: Group, max_children: int, *, resume: bool = False) -> dict[str, str]:
+    """The verdict per mutant name, also kept in build/mutation/<group>/verdicts.json. ``resume``
+    continues the group's last run where it stopped (mutmut keeps each verdict as it goes)."""
+    work = WORK / name
+    if not resume:
+        work = prepare(name, group)
+    elif not (work / "mutants").is_dir():
+        sys.exit(f"no run of {name!r} to continue in {work}: run it first")
+    else:
+        check_unchanged(name, group)
     log = work / "mutmut.log"
     print(f"{name}: mutating {', '.join(group.modules)} against {', '.join(group.tests)} (log: {log})", flush=True)
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    with log.open("w") as out:
+    with log.open("a" if resume else "w") as out:
         subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)], cwd=work,
                        stdout=out, stderr=subprocess.STDOUT, env=env, check=True)
-    results = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work, env=env,
-                             capture_output=True, text=True, check=True).stdout
-    verdicts = dict(re.findall(r"^\s*(\S+__mutmut_\d+): (.+?)\s*$", results, re.M))
+    verdicts = mutmut_results(work, env)
     for mutant in sorted(m for m, v in verdicts.items() if v not in DETECTED and m.startswith(IMPORT_TIME)):
         verdicts[mutant] = apply_and_test(work, group, mutant, env)
     (work / "verdicts.json").write_text(json.dumps(verdicts, indent=1, ensure_ascii=False), "utf-8")
     return verdicts
+
+
+def recheck(name: str, group: Group, max_children: int) -> dict[str, str]:
+    """Run again only the mutants the group's last run left undetected and docs/mutation.md does not
+    list as equivalent, against the tree's tests as they are now: the check after writing tests for
+    them, in minutes instead of a full run. The mutated modules must be those of that run, and tests
+    only added since (a removed or weakened test can let a mutant it killed survive: run in full)."""
+    verdicts = last_run(name)
+    work = WORK / name
+    check_unchanged(name, group)
+    for rel in tracked_files():
+        if rel.parts[0] == "tests":
+            (work / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, work / rel)
+    equivalent = equivalent_mutants()
+    left = sorted(m for m, v in verdicts.items() if v not in DETECTED and m not in equivalent)
+    print(f"{name}: checking again {len(left)} mutant(s) against the current tests (log: {work / 'mutmut.log'})",
+          flush=True)
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    regular = [m for m in left if not m.startswith(IMPORT_TIME)]
+    if regular:
+        with (work / "mutmut.log").open("a") as out:
+            subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *regular],
+                           cwd=work, stdout=out, stderr=subprocess.STDOUT, env=env, check=True)
+        verdicts.update({m: v for m, v in mutmut_results(work, env).items() if m in regular})
+    for mutant in (m for m in left if m.startswith(IMPORT_TIME)):
+        verdicts[mutant] = apply_and_test(work, group, mutant, env)
+    (work / "verdicts.json").write_text(json.dumps(verdicts, indent=1, ensure_ascii=False), "utf-8")
+    return verdicts
+
+
+def check_unchanged(name: str, group: Group) -> None:
+    """Stop unless the group's modules are those its last run mutated."""
+    changed = [m for m in group.modules if (ROOT / m).read_bytes() != (WORK / name / m).read_bytes()]
+    if changed:
+        sys.exit(f"{name}: {', '.join(changed)} changed since the last run: run the group in full")
+
+
+def mutmut_results(work: Path, env: dict[str, str]) -> dict[str, str]:
+    """mutmut's verdict per mutant of its last run in ``work``."""
+    results = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work, env=env,
+                             capture_output=True, text=True, check=True).stdout
+    return dict(re.findall(r"^\s*(\S+__mutmut_\d+): (.+?)\s*$", results, re.M))
 
 
 def last_run(name: str) -> dict[str, str]:
@@ -165,8 +214,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("groups", nargs="*", metavar="group", help=f"any of {', '.join(GROUPS)} (default: all)")
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--report-only", action="store_true",
-                        help="score the last run again (after editing docs/mutation.md), without running")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--report-only", action="store_true",
+                       help="score the last run again (after editing docs/mutation.md), without running")
+    again.add_argument("--recheck", action="store_true",
+                       help="run again only the last run's survivors, against the tests as they are now")
+    again.add_argument("--resume", action="store_true", help="continue an interrupted run where it stopped")
     args = parser.parse_args()
     unknown = sorted(set(args.groups) - set(GROUPS))
     if unknown:
@@ -174,7 +227,12 @@ def main() -> None:
     equivalent = equivalent_mutants()
     verdicts: dict[str, str] = {}
     for name in args.groups or GROUPS:
-        verdicts.update(last_run(name) if args.report_only else run(name, GROUPS[name], args.max_children))
+        if args.report_only:
+            verdicts.update(last_run(name))
+        elif args.recheck:
+            verdicts.update(recheck(name, GROUPS[name], args.max_children))
+        else:
+            verdicts.update(run(name, GROUPS[name], args.max_children, resume=args.resume))
     counts = Counter(verdicts.values())
     print(f"\n{len(verdicts)} mutants: " + ", ".join(f"{n} {v}" for v, n in counts.most_common()))
     unexplained = report(verdicts, equivalent)

@@ -192,9 +192,8 @@ def drop_locked_overrides(p: Any) -> None:
     try:
         operator = generation_user(p).operator
         locked = locked_settings_in(overrides, POLICY_STORE.load(), operator=operator) if overrides else []
-    except PolicyError as e:
-        _mark_failed(p, f"{e}")
-        return
+    except PolicyError:
+        return  # process() refuses the job, saying why
     for key in locked:
         del overrides[key]
     if locked:
@@ -426,7 +425,7 @@ class SafeDenoiserScript(scripts.Script):
         unregister_callbacks()
         if job is not None:
             job.steering, job.p = None, None  # keep the diagnostics, not the job's tensors
-            LAST_JOBS[(generation_user(p).name, bool(getattr(p, "is_img2img", False)))] = job
+            LAST_JOBS[(generation_user(p).name, bool(self.is_img2img))] = job  # the tab's own script knows its tab
 
 
 # ---------------------------------------------------------------------------------- UI helpers

@@ -257,7 +257,6 @@ class Processing:
     cfg_scale: float = 1.0
     s_min_uncond: float = 0.0
     denoising_strength: float = 1.0
-    is_img2img: bool = False
     is_hr_pass: bool = False
     mask: torch.Tensor | None = None
     nmask: torch.Tensor | None = None
@@ -382,7 +381,7 @@ def run_job(script: Any, args: list[Any], *, p: Processing | None = None, sample
     if xyz:
         p.safe_denoiser_xyz = xyz
     if mask is not None:
-        p.mask, p.nmask, p.init_latent, p.is_img2img = mask, 1 - mask, init_latent, True
+        p.mask, p.nmask, p.init_latent = mask, 1 - mask, init_latent
     shared.state.begin()
     sd_samplers_common.previews.clear()
     model = shared.sd_model

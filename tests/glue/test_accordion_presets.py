@@ -79,7 +79,7 @@ def test_the_panel_starts_for_everyone(script, glue):
     assert DEFAULT_PRESET in preset["choices"]
     name = page.elements[page.elem("preset_name")]["props"]
     assert name["value"] == "" and name["max_lines"] == 1, "a preset's name is one line"
-    assert page.elements[page.elem("preset_global")]["props"]["value"] is False, "personal unless asked"
+    assert not page.elements[page.elem("preset_global")]["props"].get("value"), "personal unless asked"
     status = page.elements[page.elem("preset_status")]["props"]
     assert status["interactive"] is False and status["value"].startswith("This WebUI has no logins")
 

@@ -45,6 +45,7 @@ def test_inpainting_steers_the_repainted_area_and_keeps_the_rest(script, glue):
     mask[:, :, :4] = 1  # keep the left half of the original
     plain = harness.run_job(None, [], mask=mask, init_latent=init)
     probe = harness.Probe()
+    script.is_img2img = True  # the img2img tab's own Script instance, as the WebUI's runner sets it
     res = harness.run_job(script, constant(), mask=mask, init_latent=init, probe=probe)
     assert KEY_ERROR not in res.p.extra_generation_params and len(res.images) == 2
     safe = oracle.job_denoiser(glue, is_img2img=True)
