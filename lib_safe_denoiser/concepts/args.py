@@ -19,6 +19,7 @@ from lib_safe_denoiser.concepts.constants import DEFAULT_ETA, DEFAULT_GAMMA
 from lib_safe_denoiser.concepts.parsing import ConceptError, concepts_text, parse_concepts
 from lib_safe_denoiser.concepts.steering import ConceptSummary
 from lib_safe_denoiser.core.schedules import fraction_window_to_sigmas
+from lib_safe_denoiser.generation.args import Bounds
 from lib_safe_denoiser.generation.infotext import read_float
 
 PREFIX = "Safe denoiser concepts"
@@ -37,16 +38,17 @@ class ConceptField:
     label: str
     kind: type
     infotext_key: str
-    low: float | None = None
-    high: float | None = None
+    bounds: Bounds | None = None
+    """The range the argument model enforces and the REST schema publishes (as on the bank side)."""
 
 
 CONCEPT_FIELDS: tuple[ConceptField, ...] = (
     ConceptField("concepts", "Concepts to steer away from (comma-separated; empty: off)", str, KEY_CONCEPTS),
-    ConceptField("concept_eta", "Concept threshold eta (CLIP similarity)", float, KEY_ETA, -1.0, 1.0),
-    ConceptField("concept_gamma", "Concept step gamma", float, KEY_GAMMA, 0.0, None),
-    ConceptField("concept_window_start", "Concepts active from (0 = pure noise)", float, KEY_WINDOW, 0.0, 1.0),
-    ConceptField("concept_window_end", "Concepts active until (1 = clean image)", float, KEY_WINDOW, 0.0, 1.0),
+    ConceptField("concept_eta", "Concept threshold eta (CLIP similarity)", float, KEY_ETA,
+                 Bounds(-1.0, 1.0, open_high=True)),  # a cosine similarity; at 1 nothing could trigger
+    ConceptField("concept_gamma", "Concept step gamma", float, KEY_GAMMA, Bounds(low=0.0)),
+    ConceptField("concept_window_start", "Concepts active from (0 = pure noise)", float, KEY_WINDOW, Bounds(0.0, 1.0)),
+    ConceptField("concept_window_end", "Concepts active until (1 = clean image)", float, KEY_WINDOW, Bounds(0.0, 1.0)),
 )
 CONCEPT_FIELD_NAMES = tuple(f.name for f in CONCEPT_FIELDS)
 INFOTEXT_FIELDS: tuple[tuple[str, str], ...] = tuple((f.name, f.infotext_key) for f in CONCEPT_FIELDS)
@@ -77,14 +79,10 @@ class ConceptArgs:
         object.__setattr__(self, "concepts", concepts_text(parsed))
         for f in CONCEPT_FIELDS[1:]:
             value = _number(f.name, getattr(self, f.name))
-            below = f.low is not None and value < f.low
-            above = f.high is not None and value > f.high
-            if below or above:
-                limits = f"between {f.low:g} and {f.high:g}" if f.high is not None else f">= {f.low:g}"
-                raise ConceptError(f"field {f.name!r} must be {limits}, got {value}")
+            problem = f.bounds.problem(f.name, value) if f.bounds else None
+            if problem:
+                raise ConceptError(problem)
             object.__setattr__(self, f.name, value)
-        if self.concept_eta >= 1.0:
-            raise ConceptError(f"field 'concept_eta' must be below 1 (a cosine similarity), got {self.concept_eta}")
         if self.concept_window_start > self.concept_window_end:
             raise ConceptError("fields 'concept_window_start' and 'concept_window_end' must satisfy "
                                f"start <= end, got {self.concept_window_start} and {self.concept_window_end}")

@@ -40,18 +40,26 @@ class Bounds:
     high: float | None = None
     strict: bool = False
     """Open interval: the bounds themselves are refused."""
+    open_high: bool = False
+    """Only the high bound itself is refused (low <= value < high)."""
+
+    @property
+    def _high_open(self) -> bool:
+        return self.strict or self.open_high
 
     def problem(self, name: str, value: float) -> str | None:
         below = self.low is not None and (value <= self.low if self.strict else value < self.low)
-        above = self.high is not None and (value >= self.high if self.strict else value > self.high)
+        above = self.high is not None and (value >= self.high if self._high_open else value > self.high)
         if not (below or above):
             return None
         if self.low is not None and self.high is not None:
+            if self.open_high and not self.strict:
+                return f"field {name!r} must satisfy {self.low:g} <= {name} < {self.high:g}, got {value}"
             how = "strictly between" if self.strict else "between"
             return f"field {name!r} must lie {how} {self.low:g} and {self.high:g}, got {value}"
         if self.low is not None:
             return f"field {name!r} must be {'>' if self.strict else '>='} {self.low:g}, got {value}"
-        return f"field {name!r} must be {'<' if self.strict else '<='} {self.high:g}, got {value}"
+        return f"field {name!r} must be {'<' if self._high_open else '<='} {self.high:g}, got {value}"
 
     def json_schema(self) -> dict[str, float]:
         """The same range as JSON schema keywords."""
@@ -59,7 +67,7 @@ class Bounds:
         if self.low is not None:
             out["exclusiveMinimum" if self.strict else "minimum"] = self.low
         if self.high is not None:
-            out["exclusiveMaximum" if self.strict else "maximum"] = self.high
+            out["exclusiveMaximum" if self._high_open else "maximum"] = self.high
         return out
 
 

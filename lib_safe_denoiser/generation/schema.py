@@ -78,10 +78,7 @@ def concept_field_schema(field: ConceptField) -> dict[str, Any]:
         schema["description"] = "Text concepts to steer away from, judged by CLIP; empty: none."
         return schema
     schema["type"] = JSON_TYPES[field.kind]
-    if field.low is not None:
-        schema["minimum"] = field.low
-    if field.high is not None:
-        schema["exclusiveMaximum" if field.name == "concept_eta" else "maximum"] = field.high
+    schema.update(field.bounds.json_schema() if field.bounds else {})
     return schema
 
 

@@ -83,6 +83,9 @@ def test_saved_presets_and_several_banks_pass_both(fields):
     ({"enabled": True, "concepts": ["nudity"]}, True),
     ({"enabled": True, "concepts": ""}, False),
     ({"concept_eta": 1.0}, False),
+    ({"concept_eta": 0.999}, True),
+    ({"concept_eta": -1.0}, True),
+    ({"concept_eta": -1.001}, False),
     ({"concept_gamma": -1.0}, False),
     ({"concept_window_start": 1.5}, False),
 ])
