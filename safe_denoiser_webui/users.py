@@ -13,7 +13,7 @@ import logging
 from modules import shared
 
 from lib_safe_denoiser.banks.inputs import MIB, InputLimits
-from lib_safe_denoiser.policy.operator_policy import PolicyError
+from lib_safe_denoiser.policy.operator_policy import OperatorPolicy, PolicyError
 from lib_safe_denoiser.policy.users import User, make_user, parse_names
 from safe_denoiser_webui.options import (
     FOLDER_IMPORT_CHOICES,
@@ -42,20 +42,22 @@ def auth_enabled() -> bool:
     return bool(api_auth()) or ui_users_configured()
 
 
-def operator_names() -> str:
-    """The operators, comma-separated: the command-line flag's, then the policy's (an unreadable
-    policy adds none: it cannot be trusted to name anyone)."""
+def operator_names(policy: OperatorPolicy | None = None) -> str:
+    """The operators, comma-separated: the command-line flag's, then the policy's (``policy``, else the
+    one on disk now; an unreadable policy adds none: it cannot be trusted to name anyone)."""
     names = sorted(parse_names(getattr(shared.cmd_opts, "safe_denoiser_operators", None)))
     try:
-        names += [n for n in POLICY_STORE.load().operators if n not in names]
+        policy = policy if policy is not None else POLICY_STORE.load()
     except PolicyError as e:
         logger.error("safe denoiser: %s", e)
-    return ",".join(names)
+        return ",".join(names)
+    return ",".join(names + [n for n in policy.operators if n not in names])
 
 
-def current_user(name: str | None) -> User:
-    """The user behind a UI event (``gr.Request.username``) or an authenticated API call."""
-    return make_user(name, operator_names(), auth_enabled())
+def current_user(name: str | None, policy: OperatorPolicy | None = None) -> User:
+    """The user behind a UI event (``gr.Request.username``) or an authenticated API call; ``policy``
+    spares a second read of the policy file when the caller already holds it."""
+    return make_user(name, operator_names(policy), auth_enabled())
 
 
 def folder_import_enabled() -> bool:

@@ -29,7 +29,7 @@ from lib_safe_denoiser.generation.script_args import SCRIPT_FIELD_NAMES, SCRIPT_
 from lib_safe_denoiser.policy.bank_access import visible_names
 from lib_safe_denoiser.policy.builtin_presets import DEFAULT_PRESET
 from lib_safe_denoiser.policy.job_plan import job_banks, plan_job
-from lib_safe_denoiser.policy.operator_policy import PolicyError, locked_settings_in
+from lib_safe_denoiser.policy.operator_policy import OperatorPolicy, PolicyError, locked_settings_in
 from lib_safe_denoiser.policy.presets_store import PresetError
 from lib_safe_denoiser.policy.request_user import api_user
 from lib_safe_denoiser.policy.users import User
@@ -189,11 +189,13 @@ def drop_locked_overrides(p: Any) -> None:
     """Remove the settings the operator locked from the job's ``override_settings`` before the WebUI
     applies them (the REST routes refuse such requests outright), and say so on the job."""
     overrides = getattr(p, "override_settings", None) or {}
+    if not overrides:
+        return
     try:
-        operator = generation_user(p).operator
-        locked = locked_settings_in(overrides, POLICY_STORE.load(), operator=operator) if overrides else []
+        policy = POLICY_STORE.load()
     except PolicyError:
         return  # process() refuses the job, saying why
+    locked = locked_settings_in(overrides, policy, operator=generation_user(p, policy).operator)
     for key in locked:
         del overrides[key]
     if locked:
@@ -350,13 +352,14 @@ class SafeDenoiserScript(scripts.Script):
         drop_locked_overrides(p)
 
     def process(self, p: Any, *args: Any) -> None:
-        user = generation_user(p)
         try:
             a = ScriptArgs.from_script_args(args)
             overrides = getattr(p, XYZ_ATTR, None)
             if overrides:  # an XYZ axis value is the user's request too: the policy applies after it
                 a = ScriptArgs.from_dict({**a.as_dict(), **overrides})
-            plan = plan_job(a.bank, user, PRESET_STORE, POLICY_STORE.load())
+            policy = POLICY_STORE.load()  # read once per job: it names operators and the rules
+            user = generation_user(p, policy)
+            plan = plan_job(a.bank, user, PRESET_STORE, policy)
         except (ArgsError, PresetError) as e:
             _mark_failed(p, f"bad arguments: {e}.")
             return
@@ -459,9 +462,9 @@ def accordion_hidden(user: User) -> bool:
         return not user.operator
 
 
-def generation_user(p: Any) -> User:
+def generation_user(p: Any, policy: OperatorPolicy | None = None) -> User:
     """Who a job runs for: the UI user (``p.user``), else the authenticated REST caller."""
-    return current_user(getattr(p, "user", None) or api_user())
+    return current_user(getattr(p, "user", None) or api_user(), policy)
 
 
 def _paste_concept(field: str):
