@@ -428,7 +428,7 @@ class SafeDenoiserScript(scripts.Script):
         unregister_callbacks()
         if job is not None:
             job.steering, job.p = None, None  # keep the diagnostics, not the job's tensors
-            LAST_JOBS[(generation_user(p).name, bool(self.is_img2img))] = job  # the tab's own script knows its tab
+            LAST_JOBS[(generation_user_name(p), bool(self.is_img2img))] = job  # the tab's own script knows its tab
 
 
 # ---------------------------------------------------------------------------------- UI helpers
@@ -462,9 +462,13 @@ def accordion_hidden(user: User) -> bool:
         return not user.operator
 
 
-def generation_user(p: Any, policy: OperatorPolicy | None = None) -> User:
+def generation_user_name(p: Any) -> str | None:
     """Who a job runs for: the UI user (``p.user``), else the authenticated REST caller."""
-    return current_user(getattr(p, "user", None) or api_user(), policy)
+    return getattr(p, "user", None) or api_user()
+
+
+def generation_user(p: Any, policy: OperatorPolicy | None = None) -> User:
+    return current_user(generation_user_name(p), policy)
 
 
 def _paste_concept(field: str):
