@@ -16,10 +16,15 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-import torch
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python benchmarks/x.py` from a fresh clone
+    sys.path.insert(0, str(ROOT))
 
-from lib_safe_denoiser import SafeDenoiser, SafeDenoiserConfig
+import torch  # noqa: E402
+
+from lib_safe_denoiser import SafeDenoiser, SafeDenoiserConfig  # noqa: E402
 
 LATENT = (4, 64, 64)
 REFERENCE_SIZE = 1000

@@ -11,11 +11,17 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
+from pathlib import Path
 
-import torch
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python benchmarks/x.py` from a fresh clone
+    sys.path.insert(0, str(ROOT))
 
-from lib_safe_denoiser import SafeDenoiser, SafeDenoiserConfig, karras_sigmas
+import torch  # noqa: E402
+
+from lib_safe_denoiser import SafeDenoiser, SafeDenoiserConfig, karras_sigmas  # noqa: E402
 
 RADIUS, STD, MODES, NEGATED = 4.0, 0.25, 8, 0
 DIVERGED_DISTANCE = 6 * STD  # farther than this from every mode centre: not a sample of the mixture

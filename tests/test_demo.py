@@ -13,7 +13,13 @@ from lib_safe_denoiser import SafeDenoiser
 from lib_safe_denoiser.cli import main
 from lib_safe_denoiser.demo import grid
 from lib_safe_denoiser.demo.data import IMAGE_SHAPE, load_split
-from lib_safe_denoiser.demo.experiment import MODE_CONFIGS, generate, negation_bank, reference_bank
+from lib_safe_denoiser.demo.experiment import (
+    MODE_CONFIGS,
+    generate,
+    negation_bank,
+    reference_bank,
+    varied_bank,
+)
 from lib_safe_denoiser.demo.metrics import (
     class_histogram,
     classify,
@@ -100,6 +106,21 @@ def test_odds_correction_removes_the_negated_digit(denoiser, classifier, split):
     # samples far from any 7 are left alone: most samples keep their class
     kept = (base.labels != digit) & (fixed.labels == base.labels)
     assert float(kept.float().sum()) / float((base.labels != digit).sum()) > 0.9
+
+
+def test_model_made_variations_of_a_bank_stay_its_digit(denoiser, classifier, split):
+    """img2img of each bank image at sigma 0.5: new images (none equals its source) that the classifier
+    still reads as the bank's digit; the bank itself comes first, and a seed repeats the result."""
+    _, heldout = split
+    bank = negation_bank(heldout, 3, 30, seed=0)
+    assert varied_bank(denoiser, bank, 0, 1.0, steps=12, seed=0) is bank
+    varied = varied_bank(denoiser, bank, 2, 0.5, steps=32, seed=5)
+    assert varied.shape == (90, *IMAGE_SHAPE) and torch.equal(varied[:30], bank)
+    assert torch.equal(varied, varied_bank(denoiser, bank, 2, 0.5, steps=32, seed=5))
+    new = varied[30:]
+    assert float((new - bank.repeat(2, 1, 1, 1)).flatten(1).norm(dim=1).min()) > 0.3
+    labels, _ = classify(classifier, new)
+    assert float((labels == 3).float().mean()) >= 0.85  # the bank itself: 0.97
 
 
 def test_demo_cli_writes_grid_and_metrics(tmp_path, capsys):

@@ -51,6 +51,10 @@ class SafeDenoiserConfig:
     project_bank: the paper mode divides each bank latent's channel vector at every position by its
         norm before use, as the official code does (its bandwidths and gate are calibrated in that
         geometry); the prediction is not projected (it is not on SD 1.x in the official code).
+    smoothing: h, the odds and constant modes' bandwidth floor. The bank and the reference set are
+        read as Gaussian densities of width h around their images, noised to sigma (kernel variance
+        sigma^2 + h^2), so a sample of the concept that is near none of the bank's few images still
+        scores as the concept where the bare noised bank (h = 0) is a sum of spikes at low noise.
     min_beta: rows whose beta falls below this are left untouched (and do not count as acted).
     reference_kind: ``"safe"`` if the reference set holds safe images, ``"data"`` if it holds
         samples of the model itself (the pooled estimator).
@@ -71,6 +75,7 @@ class SafeDenoiserConfig:
     carry: bool = True
     reference_dim: int = PAPER_REFERENCE_DIM
     project_bank: bool = True
+    smoothing: float = 0.0
     min_beta: float = 1e-3
     reference_kind: ReferenceKind = "safe"
     chunk_size: int = 256
@@ -86,7 +91,7 @@ class SafeDenoiserConfig:
         if self.reference_kind not in REFERENCE_KINDS:
             raise ValueError(f"reference_kind must be one of {REFERENCE_KINDS}, got {self.reference_kind!r}")
         for name in ("strength", "prior", "cap", "sigma_min", "sigma_max", "bandwidth", "scale",
-                     "gate_margin", "min_beta"):
+                     "gate_margin", "smoothing", "min_beta"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
                 raise ValueError(f"{name} must be a number, got {value!r}")
@@ -109,6 +114,8 @@ class SafeDenoiserConfig:
         for name in ("carry", "project_bank"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.smoothing < 0 or math.isinf(self.smoothing):
+            raise ValueError(f"smoothing must be a finite number >= 0, got {self.smoothing}")
         if self.min_beta < 0:
             raise ValueError(f"min_beta must be >= 0, got {self.min_beta}")
         if isinstance(self.reference_dim, bool) or not isinstance(self.reference_dim, int) or self.reference_dim < 0:

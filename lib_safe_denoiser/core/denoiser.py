@@ -236,13 +236,22 @@ class SafeDenoiser:
     def _kernel_mean_mode(self, x: torch.Tensor, d: torch.Tensor, s: torch.Tensor):
         cfg = self.config
         bank, bank_sq = self._negation.on(x.device)
-        logits = gaussian_logits(s)
+        # each image a Gaussian of width h, noised to s: kernel variance s^2 + h^2, and the posterior
+        # mean of x0 shrinks the kernel mean towards x_t by h^2 / (s^2 + h^2) (Tweedie)
+        variance = s * s + cfg.smoothing**2
+        keep = (s * s / variance).unsqueeze(1)
+
+        def posterior_mean(kernel_mean: torch.Tensor) -> torch.Tensor:
+            return kernel_mean if cfg.smoothing == 0 else keep * kernel_mean + (1.0 - keep) * x
+
+        logits = gaussian_logits(variance.sqrt())
         stats = kernel_stats(x, bank, bank_sq, logits, chunk_size=cfg.chunk_size, want_mean=True,
                              k_nearest=cfg.n_nearest)
+        unsafe_mean = posterior_mean(stats.mean)
         if cfg.mode == "constant":
             beta = torch.full_like(s, cfg.strength)
             acted = beta >= max(cfg.min_beta, torch.finfo(beta.dtype).tiny)
-            return d + beta.unsqueeze(1) * (d - stats.mean), beta, torch.full_like(s, math.nan), stats, acted
+            return d + beta.unsqueeze(1) * (d - unsafe_mean), beta, torch.full_like(s, math.nan), stats, acted
 
         ref, ref_sq = self._reference.on(x.device)  # type: ignore[union-attr]  # checked in __init__
         ref_stats = kernel_stats(x, ref, ref_sq, logits, chunk_size=cfg.chunk_size,
@@ -259,9 +268,9 @@ class SafeDenoiser:
             # D + beta (D - E_u) == D + pi (E_safe - E_u) when D = (1 - pi) E_safe + pi E_u; the second
             # form stays bounded where pi -> 1 and the first amplifies any error in D - E_u by beta.
             pi = torch.sigmoid(log_odds).unsqueeze(1)
-            new = d + cfg.strength * pi * (ref_stats.mean - stats.mean)
+            new = d + cfg.strength * pi * (posterior_mean(ref_stats.mean) - unsafe_mean)
         else:
-            new = d + beta.unsqueeze(1) * (d - stats.mean)
+            new = d + beta.unsqueeze(1) * (d - unsafe_mean)
         return new, beta, log_odds, stats, acted
 
     def _paper(self, d: torch.Tensor):

@@ -43,6 +43,20 @@ def negation_bank(digits: Digits, digit: int, size: int, seed: int) -> torch.Ten
     return pool[pick]
 
 
+def varied_bank(model: EDMDenoiser, negation: torch.Tensor, copies: int, sigma: float, *, steps: int,
+                seed: int) -> torch.Tensor:
+    """The negation set and ``copies`` variations of each image made by the model itself: each image
+    noised to ``sigma`` and denoised again (img2img), so the bank covers the concept as the model draws
+    it, not only at its few images."""
+    if copies == 0:
+        return negation
+    start = negation.repeat(copies, 1, 1, 1)
+    noise = torch.randn(start.shape, generator=torch.Generator().manual_seed(seed)).to(start.device)
+    # sample() starts from noise * sigma_max: this noise puts the start at image + sigma * noise
+    varied = sample(model, start / sigma + noise, steps=steps, sigma_max=sigma)
+    return torch.cat([negation, varied])
+
+
 def reference_bank(train: Digits, digit: int) -> torch.Tensor:
     """Generic safe images for the odds mode: every training image of the other classes.
 
@@ -83,6 +97,7 @@ def generate(model: EDMDenoiser, classifier: DigitClassifier, noise: torch.Tenso
     samples = sample(model, noise, steps=steps, correct=correct if safe is not None else None, heun=heun,
                      progress=progress, desc=desc)
     seconds = time.perf_counter() - start
+    samples = samples.cpu()
     labels, features = classify(classifier, samples)
     return Outcome(samples, labels, features, seconds, acted[0] / max(1, acted[1]))
 

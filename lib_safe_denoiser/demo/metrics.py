@@ -12,13 +12,14 @@ BATCH = 4096
 
 
 def classify(classifier: DigitClassifier, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(labels [N], penultimate features [N, F]) of images [N, 1, 8, 8]."""
+    """(labels [N], penultimate features [N, F]) of images [N, 1, 8, 8], on the CPU whatever the devices."""
     labels, feats = [], []
+    device = next(classifier.parameters()).device
     with torch.no_grad():
         for part in images.split(BATCH):
-            f = classifier.features(part)
-            feats.append(f)
-            labels.append(classifier.head(f).argmax(dim=1))
+            f = classifier.features(part.to(device))
+            feats.append(f.cpu())
+            labels.append(classifier.head(f).argmax(dim=1).cpu())
     return torch.cat(labels), torch.cat(feats)
 
 

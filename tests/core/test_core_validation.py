@@ -57,6 +57,10 @@ def test_odds_needs_a_reference():
     ({"reference_kind": "model"}, "reference_kind"),
     ({"reference_kind": "data"}, "safe_mean='model'"),
     ({"safe_mean": "bank"}, "safe_mean"),
+    ({"smoothing": -0.1}, "smoothing"),
+    ({"smoothing": math.inf}, "smoothing"),
+    ({"smoothing": math.nan}, "smoothing"),
+    ({"smoothing": True}, "smoothing"),
 ])
 def test_config_validation_names_the_field(changes, field):
     with pytest.raises(ValueError, match=field):
