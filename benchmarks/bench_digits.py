@@ -16,7 +16,7 @@ and its ratio to the uncorrected model's, the class-histogram TV to the ideal re
 The odds mode's reference set is, by default, every training image of the other digits ("real").
 ``--reference model`` makes it from the model's own samples instead, as a WebUI user would
 (``lib_safe_denoiser.core.reference``): ``--reference-size`` uncorrected samples from another noise seed,
-with the share ``prior`` of them the negation bank explains best dropped. ``pooled`` keeps them all
+with the share 3 x ``prior`` of them the negation bank explains best dropped. ``pooled`` keeps them all
 and reads them as the model's data distribution (``reference_kind="data"``).
 """
 
@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from lib_safe_denoiser import SafeDenoiser, SafeDenoiserConfig  # noqa: E402
-from lib_safe_denoiser.core.reference import clean_reference  # noqa: E402
+from lib_safe_denoiser.core.reference import SHARE_PER_PRIOR, clean_reference  # noqa: E402
 from lib_safe_denoiser.demo.data import load_split  # noqa: E402
 from lib_safe_denoiser.demo.experiment import (  # noqa: E402
     MODE_CONFIGS,
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reference", choices=REFERENCES, default="real", help="the odds mode's reference set")
     parser.add_argument("--reference-size", type=int, default=2000, help="model samples in a model reference")
     parser.add_argument("--clean-share", type=float, default=None,
-                        help="share of the model samples dropped from a model reference (default: the prior)")
+                        help="share of the model samples dropped from a model reference (default: 3 x prior)")
     parser.add_argument("--variations", type=int, default=0,
                         help="add this many model-made variations of each negation image (img2img)")
     parser.add_argument("--variation-sigma", type=float, default=1.0, help="the variations' noise level")
@@ -160,7 +160,8 @@ def odds_reference(kind: str, cfg: SafeDenoiserConfig, model_samples: torch.Tens
     assert model_samples is not None
     if kind == "pooled":
         return model_samples, cfg.replace(reference_kind="data", safe_mean="model")
-    return clean_reference(model_samples, negation, cfg.prior if share is None else share)[0], cfg
+    share = SHARE_PER_PRIOR * cfg.prior if share is None else share
+    return clean_reference(model_samples, negation, share)[0], cfg
 
 
 if __name__ == "__main__":
