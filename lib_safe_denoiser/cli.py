@@ -16,9 +16,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tqdm import tqdm
+
 from lib_safe_denoiser.banks.archive import LATENT_MODES
 from lib_safe_denoiser.banks.images import DEFAULT_RESIZE, RESIZE_POLICIES
 from lib_safe_denoiser.banks.inputs import IMAGE_EXTENSIONS, find_images, validate_tags
+from lib_safe_denoiser.banks.model_samples import (
+    GENERIC_PROMPTS,
+    MODEL_SAMPLES_TAG,
+    SampleRequest,
+    http_poster,
+    make_reference,
+)
 from lib_safe_denoiser.banks.store import GC_GRACE_S, AddReport, BankStore
 from lib_safe_denoiser.errors import BankError, SafeDenoiserError
 
@@ -139,6 +148,29 @@ def _add_bank_commands(commands: argparse._SubParsersAction) -> None:
     imp.add_argument("--overwrite", action="store_true", help="replace a bank of the same name")
     imp.set_defaults(handler=_bank_import)
 
+    sample = sub.add_parser(
+        "sample", help="make a reference bank of the model's own samples through a running WebUI (odds mode)",
+        description="Asks the WebUI's /sdapi/v1/txt2img for samples of generic prompts and stores them as a new "
+        f"bank tagged '{MODEL_SAMPLES_TAG}' through its /safe-denoiser/v1 routes. Use it as the odds mode's "
+        "reference bank: a job removes from it the samples that resemble its negation banks.")
+    sample.add_argument("name", help="name of the new bank")
+    sample.add_argument("--url", default="http://127.0.0.1:7860", help="the WebUI (default: http://127.0.0.1:7860)")
+    sample.add_argument("--login", default=os.environ.get("SD_WEBUI_LOGIN"),
+                        help="user:password for --api-auth (default: $SD_WEBUI_LOGIN)")
+    sample.add_argument("--count", type=_positive_int, default=SampleRequest.count,
+                        help=f"samples to make (default: {SampleRequest.count})")
+    sample.add_argument("--prompt", action="append", dest="prompts", metavar="TEXT",
+                        help="a prompt, taken in turn per batch (repeatable; default: a few generic ones)")
+    sample.add_argument("--width", type=_positive_int, default=SampleRequest.width)
+    sample.add_argument("--height", type=_positive_int, default=SampleRequest.height)
+    sample.add_argument("--steps", type=_positive_int, default=SampleRequest.steps)
+    sample.add_argument("--sampler", default=SampleRequest.sampler)
+    sample.add_argument("--cfg-scale", type=float, default=SampleRequest.cfg_scale)
+    sample.add_argument("--batch-size", type=_positive_int, default=SampleRequest.batch_size)
+    sample.add_argument("--seed", type=int, default=SampleRequest.seed)
+    sample.add_argument("--shared", action="store_true", help="share the bank with every user (operators only)")
+    sample.set_defaults(handler=_bank_sample)
+
     gc = sub.add_parser("gc", parents=[common], help="free disk space no bank uses any more")
     gc.add_argument(
         "--grace",
@@ -245,6 +277,19 @@ def _bank_remove(args: argparse.Namespace) -> int:
     info = store.remove_images(args.name, [_resolve_hash(h, known, args.name) for h in args.hashes])
     print(f"bank {info.name!r}: {info.n_images} images left (hash {info.short_hash})")
     return 0
+
+
+def _bank_sample(args: argparse.Namespace) -> int:
+    request = SampleRequest(count=args.count, prompts=tuple(args.prompts or GENERIC_PROMPTS), width=args.width,
+                            height=args.height, steps=args.steps, sampler=args.sampler, cfg_scale=args.cfg_scale,
+                            batch_size=args.batch_size, seed=args.seed)
+    with tqdm(total=request.count, desc=f"sampling {args.name}", unit="img") as bar:
+        result = make_reference(http_poster(args.url, args.login), args.name, request, shared=args.shared,
+                                progress=lambda done, _total: bar.update(done - bar.n))
+    for line in result["skipped"]:
+        print(f"skipped {line}")
+    print(f"{args.name}: {result['images']} samples stored")
+    return 0 if result["images"] else 1
 
 
 def _resolve_hash(prefix: str, known: list[str], bank: str) -> str:

@@ -20,6 +20,13 @@ NEIGHBOURS = 5
 SHARE_PER_PRIOR = 3.0
 """The share to drop, in units of the prior z (the model's own rate of the concept): on the digits,
 z leaves 10-40% of the concept's samples in, 2z 0-12%, 3z 0-2.5% (benchmarks/bench_digits.py)."""
+MAX_SHARE = 0.9
+"""The most a reference loses, whatever the prior: a tenth of the samples is still a reference."""
+
+
+def share_for(prior: float) -> float:
+    """The share of model samples dropped from a reference for the odds mode's ``prior``."""
+    return min(SHARE_PER_PRIOR * prior, MAX_SHARE)
 
 
 def _nearest(rows: torch.Tensor, bank: torch.Tensor, k: int, chunk_size: int) -> torch.Tensor:

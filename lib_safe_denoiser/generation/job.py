@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lib_safe_denoiser.banks.model_samples import MODEL_SAMPLES_TAG
 from lib_safe_denoiser.banks.store import BankInfo, BankStore
 from lib_safe_denoiser.concepts.args import ConceptArgs
 from lib_safe_denoiser.concepts.args import to_infotext as concept_infotext
 from lib_safe_denoiser.concepts.steering import ConceptSteering
 from lib_safe_denoiser.core.config import SafeDenoiserConfig
 from lib_safe_denoiser.core.denoiser import SafeDenoiser
+from lib_safe_denoiser.core.reference import NEIGHBOURS, clean_reference, share_for
 from lib_safe_denoiser.generation.args import BANK_SEPARATOR, SafeDenoiserArgs
 from lib_safe_denoiser.generation.infotext import KEY_BANK, KEY_ERROR, policy_infotext, to_infotext
 from lib_safe_denoiser.generation.steering import Steering
@@ -126,7 +128,9 @@ class DenoiserFactory:
         """The denoiser for latents of ``latent_shape`` (C, h, w) made by ``vae_id``."""
         channels, h, w = latent_shape
         config = job.args.to_config(alphas_cumprod.detach().double().cpu())
-        key = _Key(tuple(b.content_hash for b in job.banks), job.reference.content_hash if job.reference else "",
+        samples = job.reference is not None and MODEL_SAMPLES_TAG in job.reference.tags
+        key = _Key(tuple(b.content_hash for b in job.banks),
+                   (job.reference.content_hash + (" cleaned" if samples else "")) if job.reference else "",
                    vae_id, (h, w), config)
         if key in self._cache:
             self._cache.move_to_end(key)
@@ -141,7 +145,14 @@ class DenoiserFactory:
             return lat
 
         negation = torch.cat([latents(b) for b in job.banks]) if len(job.banks) > 1 else latents(job.banks[0])
-        safe = SafeDenoiser(negation, latents(job.reference) if job.reference else None, config)
+        reference = latents(job.reference) if job.reference else None
+        if samples:  # the model's own samples: drop those that resemble this job's negation banks
+            if reference.shape[0] <= NEIGHBOURS:
+                raise ValueError(f"the reference bank {job.reference.name!r} holds model samples (tag "
+                                 f"{MODEL_SAMPLES_TAG!r}) and needs more than {NEIGHBOURS} of them, it has "
+                                 f"{reference.shape[0]}")
+            reference = clean_reference(reference, negation, share_for(config.prior))[0]
+        safe = SafeDenoiser(negation, reference, config)
         self._cache[key] = safe
         while len(self._cache) > self.capacity:
             self._cache.popitem(last=False)

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from lib_safe_denoiser import SafeDenoiser, SafeDenoiserConfig
+from lib_safe_denoiser.banks.model_samples import MODEL_SAMPLES_TAG
 from lib_safe_denoiser.banks.store import BankStore
 from lib_safe_denoiser.generation.args import SafeDenoiserArgs
 from lib_safe_denoiser.generation.infotext import KEY_ACTED, KEY_ERROR
@@ -121,6 +122,33 @@ def test_odds_jobs_get_their_reference_bank(store):
     safe = build(factory, j, encoder)
     assert safe.n_negation == 3 and safe.n_reference == 4
     assert build(factory, job(store, mode="odds", reference_bank="b"), encoder) is not safe
+
+
+def test_a_reference_of_model_samples_is_cleaned_against_the_jobs_bank(tmp_path):
+    """20 samples, 3 of them the negation bank's images slightly changed: with the prior 0.1 the job drops
+    the 6 (3 x prior) most bank-like, those 3 among them; untagged, the same bank is used whole."""
+    rng = np.random.default_rng(1)
+    bank_images = [rng.integers(0, 255, (16, 16, 3), dtype=np.uint8) for _ in range(3)]
+    near = [np.clip(img.astype(int) + rng.integers(-3, 4, img.shape), 0, 255).astype(np.uint8) for img in bank_images]
+    others = [rng.integers(0, 255, (16, 16, 3), dtype=np.uint8) for _ in range(17)]
+    store = BankStore(tmp_path / "data")
+    for name, images in (("neg", bank_images), ("samples", near + others), ("few", others[:5])):
+        folder = tmp_path / name
+        folder.mkdir()
+        for i, img in enumerate(images):
+            Image.fromarray(img).save(folder / f"{i:02d}.png")
+        store.add_folder(name, folder, tags=[MODEL_SAMPLES_TAG])
+    factory, encoder = DenoiserFactory(store), Encoder()
+    odds = {"mode": "odds", "reference_bank": "samples", "prior": 0.1}
+    safe = build(factory, job(store, "neg", **odds), encoder)
+    assert safe.n_reference == 14
+    kept = safe._reference.on(torch.device("cpu"))[0]
+    lat = store.latents("samples", encoder=encoder, vae_id="vae-1", latent_hw=(2, 2)).flatten(1)
+    assert all(not torch.isclose(kept, lat[i]).all(dim=1).any() for i in range(3)), "the bank-like samples went"
+    store.update("samples", tags=[])
+    assert build(factory, job(store, "neg", **odds), encoder).n_reference == 20
+    with pytest.raises(ValueError, match=r"'few' holds model samples .* more than 5 of them, it has 5"):
+        build(factory, job(store, "neg", **{**odds, "reference_bank": "few"}), encoder)
 
 
 def test_factory_keeps_the_most_recently_used(store):
