@@ -17,7 +17,8 @@ The odds mode's reference set is, by default, every training image of the other 
 ``--reference model`` makes it from the model's own samples instead, as a WebUI user would
 (``lib_safe_denoiser.core.reference``): ``--reference-size`` uncorrected samples from another noise seed,
 with the share 3 x ``prior`` of them the negation bank explains best dropped. ``pooled`` keeps them all
-and reads them as the model's data distribution (``reference_kind="data"``).
+and reads them as the model's data distribution (``reference_kind="data"``). ``--variations K`` adds K
+model-made variations of each negation image (img2img at ``--variation-sigma``) to the negation set.
 """
 
 from __future__ import annotations
