@@ -39,3 +39,16 @@ def test_the_paper_mode_pulls_away_from_the_projected_bank_unless_told_not_to():
 def test_the_constant_mode_uses_the_bank_as_it_is():
     constant = SafeDenoiserConfig(mode="constant", strength=1.0)
     torch.testing.assert_close(corrected(constant), -torch.tensor([3.0, 4.0], dtype=torch.float64))
+
+
+def test_a_half_precision_bank_is_projected_in_float32():
+    """Latents cached in float16 (or bfloat16) are projected after the cast to the float32 working set,
+    so the paper mode corrects as with the float32 copy of the same numbers."""
+    gen = torch.Generator().manual_seed(11)
+    bank = torch.randn(5, 4, 3, 3, generator=gen).to(torch.bfloat16)
+    x = torch.randn(2, 4, 3, 3, generator=gen)
+    cfg = SafeDenoiserConfig(mode="paper", gate_margin=float("inf"), bandwidth=1.0)
+    half = SafeDenoiser(bank, None, cfg)
+    full = SafeDenoiser(bank.float(), None, cfg)
+    assert half._negation.dtype == torch.float32
+    torch.testing.assert_close(half.correct(x, 5.0, x), full.correct(x, 5.0, x), rtol=0, atol=0)
