@@ -121,16 +121,21 @@ def run(name: str, group: Group, max_children: int, *, resume: bool = False) -> 
 
 def recheck(name: str, group: Group, max_children: int) -> dict[str, str]:
     """Run again only the mutants the group's last run left undetected and docs/mutation.md does not
-    list as equivalent, against the tree's tests as they are now: the check after writing tests for
-    them, in minutes instead of a full run. The mutated modules must be those of that run, and tests
-    only added since (a removed or weakened test can let a mutant it killed survive: run in full)."""
+    list as equivalent, against the tree's tests (and other modules) as they are now: the check after
+    writing tests for them, in minutes instead of a full run. The mutated modules must be those of that
+    run, and tests only added since (a removed or weakened test can let a mutant it killed survive: run
+    in full)."""
     verdicts = last_run(name)
     work = WORK / name
     check_unchanged(name, group)
+    # today's tests may use modules written since the run: refresh every file but the mutated ones, in the
+    # copy and in mutmut's own copy of it (whose mutated modules hold the mutants)
     for rel in tracked_files():
-        if rel.parts[0] == "tests":
-            (work / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, work / rel)
+        if rel.as_posix() in group.modules:
+            continue
+        for base in (work, work / "mutants"):
+            (base / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, base / rel)
     equivalent = equivalent_mutants()
     left = sorted(m for m, v in verdicts.items() if v not in DETECTED and m not in equivalent)
     print(f"{name}: checking again {len(left)} mutant(s) against the current tests (log: {work / 'mutmut.log'})",
