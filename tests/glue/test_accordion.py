@@ -9,6 +9,7 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
+from lib_safe_denoiser.concepts.args import ConceptArgs
 from lib_safe_denoiser.generation.args import FIELD_NAMES, SafeDenoiserArgs
 from lib_safe_denoiser.generation.script_args import SCRIPT_FIELD_NAMES
 from lib_safe_denoiser.policy.builtin_presets import PRESETS, preset_fields, preset_names
@@ -27,6 +28,15 @@ SLIDERS = {
 }
 """(minimum, maximum, step): the windows span the whole timeline and the prior its open interval in
 steps of 0.001; the others start at their smallest valid value and reach past every preset."""
+CONCEPT_SLIDERS = {
+    "concept_eta": (0.0, 0.5, 0.005),
+    "concept_gamma": (0.0, 300.0, 1.0),
+    "concept_window_start": (0.0, 1.0, 0.01),
+    "concept_window_end": (0.0, 1.0, 0.01),
+}
+"""(minimum, maximum, step) of the concept sliders: eta over the CLIP similarities a prompt and its image
+reach in practice (the argument model takes up to 1), gamma up to the SAFREE-style steps that
+saturate, the window over the whole timeline."""
 RECIPE = ("mode", "strength", "bandwidth", "gate", "window_start", "window_end")
 """What choosing a preset sets, in the order of the preset event's outputs."""
 NEAREST_SHOWN = 4
@@ -65,6 +75,21 @@ def test_sliders_span_their_ranges_and_hold_every_preset(script):
         values = [getattr(defaults, name)] + [preset_fields(p).get(name) for p in PRESETS]
         assert all(low <= v <= high for v in values if v is not None), name
         SafeDenoiserArgs(**{name: low if name != "window_end" else high})  # the ends are valid arguments
+
+
+def test_concept_fields_start_at_the_argument_models_defaults_within_its_bounds(script):
+    _, components, _, _, _ = build(script, False)
+    by_field = dict(zip(SCRIPT_FIELD_NAMES, components, strict=True))
+    defaults = ConceptArgs()
+    for name, (low, high, step) in CONCEPT_SLIDERS.items():
+        slider = by_field[name]
+        assert isinstance(slider, gr.Slider) and (slider.minimum, slider.maximum, slider.step) == (low, high, step)
+        assert slider.value == getattr(defaults, name), name
+        ConceptArgs(**{name: low})  # both ends are valid arguments
+        ConceptArgs(**{name: high})
+    concepts = by_field["concepts"]
+    assert isinstance(concepts, gr.Textbox) and concepts.value == defaults.concepts == ""
+    assert concepts.placeholder == "nudity, violence", "the hint shows the comma-separated form"
 
 
 def test_strings_are_translatable_and_the_panels_start_closed(script):
