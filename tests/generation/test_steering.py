@@ -162,6 +162,20 @@ def test_a_first_call_is_carried_with_the_steps_left_in_its_pass(tick, total, st
     torch.testing.assert_close(rows[2:] + 2.0 * (rows[:2] - rows[2:]), expected, rtol=1e-4, atol=1e-4)
 
 
+def test_a_one_image_batch_is_carried_at_its_own_sigma():
+    """One image, its cond and uncond rows: the carry reads the step's sigma from the only image row."""
+    steering, safe, x_in, rows = paper_steering()
+    steering.set_sampler("step", 0.0, 7)
+    one_x, one_rows = x_in[1::2].clone(), rows[1::2].clone()  # image 1's cond row, then its uncond row
+    steering.capture(one_x, torch.tensor([3.0, 3.0]), 0, 4)
+    combined = one_rows[1:] + 2.0 * (one_rows[:1] - one_rows[1:])
+    c = safe.correct(one_x[1:], 3.0, combined)
+    factor = 3.0 / (3.0 - 3.0 * (0.03 / 3.0) ** (1 / 3))
+    noise = torch.randn(1, 18, generator=torch.Generator().manual_seed(7)).reshape(combined.shape)
+    expected = combined + factor * (c - combined + 3.0 * noise - (one_x[1:] - combined))
+    torch.testing.assert_close(steering.steer_combined(combined), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_heuns_second_call_adds_the_rest_of_the_carry_in_place_of_its_own_correction():
     steering, safe, x_in, rows = paper_steering()
     steering.set_sampler("heun", 0.0, 7)
