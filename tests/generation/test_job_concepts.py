@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from lib_safe_denoiser import SafeDenoiser, SafeDenoiserConfig
@@ -10,8 +11,19 @@ from lib_safe_denoiser.concepts.steering import ConceptSteering
 from lib_safe_denoiser.generation.args import SafeDenoiserArgs
 from lib_safe_denoiser.generation.infotext import KEY_ERROR
 from lib_safe_denoiser.generation.job import Job
+from tests.concepts.tiny_models import tiny_decoder, tiny_judge
 
 CONCEPTS = ConceptArgs(concepts="nudity, violence")
+
+
+@pytest.fixture(scope="module")
+def judge():
+    return tiny_judge()
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    return tiny_decoder()
 
 
 def concept_job(judge, decoder, **fields) -> Job:
