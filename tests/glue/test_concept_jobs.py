@@ -69,3 +69,13 @@ def test_a_clip_model_that_cannot_load_refuses_the_job(script, glue, monkeypatch
     monkeypatch.setitem(shared.opts.data, glue_concepts.OPT_CLIP_MODEL, "no-such-clip")
     job = harness.run_job(script, [{"enabled": True, **CONCEPTS}], steps=2)
     assert job.images == [] and "unknown CLIP model 'no-such-clip'" in job.p.extra_generation_params[KEY_ERROR]
+
+
+def test_concepts_leave_the_hires_pass_alone_when_hires_steering_is_off(script, glue, tiny_clip, monkeypatch):
+    on = harness.run_job(script, [{"enabled": True, **CONCEPTS}], steps=4, hires_hw=(16, 16))
+    assert len(on.p.extra_generation_params[KEY_TRIGGERED].split(",")) > 4, "both passes judged"
+    monkeypatch.setitem(shared.opts.data, glue.OPT_STEER_HIRES, False)
+    off = harness.run_job(script, [{"enabled": True, **CONCEPTS}], steps=4, hires_hw=(16, 16))
+    info = off.p.extra_generation_params
+    assert KEY_ERROR not in info and len(off.images) == 2
+    assert len(info[KEY_TRIGGERED].split(",")) == 4, "judged on the 4 steps of the first pass only"
