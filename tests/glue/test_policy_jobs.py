@@ -10,6 +10,7 @@ import pytest
 import torch
 from modules import shared
 
+from lib_safe_denoiser.banks.model_samples import MODEL_SAMPLES_TAG
 from lib_safe_denoiser.generation.infotext import (
     KEY_BANK,
     KEY_ERROR,
@@ -175,6 +176,42 @@ def test_an_operator_may_let_enforced_jobs_through_unsteered_and_the_image_says_
         job.infotexts[-1][KEY_POLICY]
     asked = harness.run_job(script, [{"enabled": True, "bank": "missing-bank"}])
     assert asked.images == [], "a user who asked for steering is never handed an unsteered image"
+
+
+def test_an_enforced_bank_that_fails_to_build_lets_the_job_through_unsteered_when_allowed(script, glue, policy,
+                                                                                          tmp_path):
+    """The enforced preset's reference bank is the model's samples but too few to clean (3): the denoiser
+    cannot be built at the first sampling pass, and an operator who does not fail closed gets the plain
+    images with the reason in their infotext."""
+    for i in range(3):
+        smooth_picture(20 + i).save(tmp_path / f"{i}.png")
+    glue.STORE.create("few-samples", sorted(tmp_path.glob("*.png")), tags=[MODEL_SAMPLES_TAG], overwrite=True)
+    try:
+        glue.PRESET_STORE.save("thin", {"banks": ["unsafe"], **STEERING, "mode": "odds",
+                                        "reference_bank": "few-samples"},
+                               scope=SCOPE_GLOBAL, user="root", is_operator=True)
+        free = plain(script)
+        policy(enforce=True, preset="thin", fail_closed=False)
+        job = plain(script)
+        assert not moved(free, job) and len(job.images) == 2 and not shared.state.interrupted
+        info = job.infotexts[-1]
+        assert KEY_ERROR not in info
+        assert "not steered: cannot prepare bank 'unsafe': the reference bank 'few-samples' holds model samples" \
+            in info[KEY_POLICY]
+    finally:
+        glue.STORE.delete("few-samples")
+
+
+def test_an_enforced_preset_deleted_after_the_policy_was_saved_is_named_in_the_infotext(script, glue, policy):
+    glue.PRESET_STORE.save("fleeting", {"banks": ["unsafe"], **STEERING}, scope=SCOPE_GLOBAL, user="root",
+                           is_operator=True)
+    policy(enforce=True, preset="fleeting", fail_closed=False)
+    glue.PRESET_STORE.delete("fleeting", scope=SCOPE_GLOBAL, user="root", is_operator=True)
+    free_of_policy = harness.run_job(None, [])
+    job = plain(script)
+    assert torch.equal(job.samples, free_of_policy.samples) and len(job.images) == 2
+    assert "not steered although the operator enforces it" in job.infotexts[-1][KEY_POLICY]
+    assert "fleeting" in job.infotexts[-1][KEY_POLICY]
 
 
 def test_an_unreadable_policy_refuses_every_job(script, glue, policy):
