@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from modules import shared
+from modules import errors, shared
 
 from lib_safe_denoiser.banks.model_samples import MODEL_SAMPLES_TAG
 from lib_safe_denoiser.generation.infotext import (
@@ -192,7 +192,9 @@ def test_an_enforced_bank_that_fails_to_build_lets_the_job_through_unsteered_whe
                                scope=SCOPE_GLOBAL, user="root", is_operator=True)
         free = plain(script)
         policy(enforce=True, preset="thin", fail_closed=False)
+        reported = len(errors.reported)
         job = plain(script)
+        assert errors.reported[reported:] == [], "handled by the extension, not swallowed by the WebUI"
         assert not moved(free, job) and len(job.images) == 2 and not shared.state.interrupted
         info = job.infotexts[-1]
         assert KEY_ERROR not in info
