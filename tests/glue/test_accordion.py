@@ -65,26 +65,31 @@ def test_every_element_has_its_documented_id(script, is_img2img):
         assert prefix + helper in elements
 
 
-def test_sliders_span_their_ranges_and_hold_every_preset(script):
+def checked_sliders(script, table: dict[str, tuple[float, float, float]]):
+    """The accordion's elements by field, after checking each slider of ``table`` spans its (minimum,
+    maximum, step)."""
     _, components, _, _, _ = build(script, False)
     by_field = dict(zip(SCRIPT_FIELD_NAMES, components, strict=True))
-    defaults = SafeDenoiserArgs()
-    for name, (low, high, step) in SLIDERS.items():
+    for name, span in table.items():
         slider = by_field[name]
-        assert isinstance(slider, gr.Slider) and (slider.minimum, slider.maximum, slider.step) == (low, high, step)
+        assert isinstance(slider, gr.Slider) and (slider.minimum, slider.maximum, slider.step) == span, name
+    return by_field
+
+
+def test_sliders_span_their_ranges_and_hold_every_preset(script):
+    checked_sliders(script, SLIDERS)
+    defaults = SafeDenoiserArgs()
+    for name, (low, high, _) in SLIDERS.items():
         values = [getattr(defaults, name)] + [preset_fields(p).get(name) for p in PRESETS]
         assert all(low <= v <= high for v in values if v is not None), name
         SafeDenoiserArgs(**{name: low if name != "window_end" else high})  # the ends are valid arguments
 
 
 def test_concept_fields_start_at_the_argument_models_defaults_within_its_bounds(script):
-    _, components, _, _, _ = build(script, False)
-    by_field = dict(zip(SCRIPT_FIELD_NAMES, components, strict=True))
+    by_field = checked_sliders(script, CONCEPT_SLIDERS)
     defaults = ConceptArgs()
-    for name, (low, high, step) in CONCEPT_SLIDERS.items():
-        slider = by_field[name]
-        assert isinstance(slider, gr.Slider) and (slider.minimum, slider.maximum, slider.step) == (low, high, step)
-        assert slider.value == getattr(defaults, name), name
+    for name, (low, high, _) in CONCEPT_SLIDERS.items():
+        assert by_field[name].value == getattr(defaults, name), name
         ConceptArgs(**{name: low})  # both ends are valid arguments
         ConceptArgs(**{name: high})
     concepts = by_field["concepts"]
