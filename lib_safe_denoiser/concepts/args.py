@@ -19,8 +19,8 @@ from lib_safe_denoiser.concepts.constants import DEFAULT_ETA, DEFAULT_GAMMA
 from lib_safe_denoiser.concepts.parsing import ConceptError, concepts_text, parse_concepts
 from lib_safe_denoiser.concepts.steering import ConceptSummary
 from lib_safe_denoiser.core.schedules import fraction_window_to_sigmas
-from lib_safe_denoiser.generation.args import Bounds
-from lib_safe_denoiser.generation.infotext import read_float
+from lib_safe_denoiser.generation.args import Bounds, check_known
+from lib_safe_denoiser.generation.infotext import format_number, format_window, read_float, read_window
 
 PREFIX = "Safe denoiser concepts"
 KEY_CONCEPTS = PREFIX
@@ -98,10 +98,7 @@ class ConceptArgs:
     @classmethod
     def from_dict(cls, fields: Mapping[str, Any]) -> ConceptArgs:
         """Named fields (only this unit's; the caller splits a combined dict). Unknown keys are an error."""
-        unknown = sorted(set(fields) - set(CONCEPT_FIELD_NAMES))
-        if unknown:
-            raise ConceptError(f"unknown field(s) {', '.join(map(repr, unknown))}; accepted: "
-                               f"{', '.join(CONCEPT_FIELD_NAMES)}")
+        check_known(fields, CONCEPT_FIELD_NAMES, ConceptError)
         values = dict(fields)
         if "concepts" in values and isinstance(values["concepts"], (list, tuple)):
             values["concepts"] = concepts_text(parse_concepts(values["concepts"], required=False))
@@ -122,10 +119,6 @@ class ConceptArgs:
         return fraction_window_to_sigmas(self.concept_window_start, self.concept_window_end, alphas_cumprod)
 
 
-def _num(value: float) -> str:
-    return f"{value:.4g}"
-
-
 def to_infotext(args: ConceptArgs, judge_label: str, summary: ConceptSummary | None) -> dict[str, str]:
     """The pairs to put in ``p.extra_generation_params`` when concepts are set.
 
@@ -137,14 +130,14 @@ def to_infotext(args: ConceptArgs, judge_label: str, summary: ConceptSummary | N
     out = {
         KEY_CONCEPTS: args.concepts,
         KEY_MODEL: judge_label,
-        KEY_ETA: _num(args.concept_eta),
-        KEY_GAMMA: _num(args.concept_gamma),
-        KEY_WINDOW: f"{_num(args.concept_window_start)}-{_num(args.concept_window_end)}",
+        KEY_ETA: format_number(args.concept_eta),
+        KEY_GAMMA: format_number(args.concept_gamma),
+        KEY_WINDOW: format_window(args.concept_window_start, args.concept_window_end),
     }
     if summary is not None:
         out[KEY_TRIGGERED] = ",".join(str(n) for n in summary.triggered_per_step) or "none judged"
         if not math.isnan(summary.max_similarity):
-            out[KEY_MAX_SIMILARITY] = _num(summary.max_similarity)
+            out[KEY_MAX_SIMILARITY] = format_number(summary.max_similarity)
     return out
 
 
@@ -158,10 +151,7 @@ def from_infotext(params: Mapping[str, Any]) -> dict[str, Any]:
         value = read_float(params, key)
         if value is not None:
             out[name] = value
-    start, sep, end = str(params.get(KEY_WINDOW, "")).partition("-")
-    try:
-        if sep:
-            out["concept_window_start"], out["concept_window_end"] = float(start), float(end)
-    except ValueError:
-        pass
+    window = read_window(params, KEY_WINDOW)
+    if window is not None:
+        out["concept_window_start"], out["concept_window_end"] = window
     return out

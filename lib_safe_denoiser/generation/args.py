@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,6 +129,20 @@ def _coerce(name: str, value: Any) -> Any:
     return value.strip()
 
 
+def check_known(fields: Iterable[str], accepted: Sequence[str], error: type[Exception] = ArgsError) -> None:
+    """Raise ``error`` naming every key of ``fields`` not in ``accepted``, and the accepted ones."""
+    unknown = sorted(set(fields) - set(accepted))
+    if unknown:
+        raise error(f"unknown field(s) {', '.join(map(repr, unknown))}; accepted: {', '.join(accepted)}")
+
+
+def check_positional(values: Sequence[Any], accepted: Sequence[str]) -> None:
+    """Raise ``ArgsError`` when there are more positional ``values`` than ``accepted`` fields."""
+    if len(values) > len(accepted):
+        raise ArgsError(f"got {len(values)} positional arguments, at most {len(accepted)} are accepted: "
+                        f"{', '.join(accepted)}")
+
+
 @dataclass(frozen=True)
 class SafeDenoiserArgs:
     """Fields in UI order; ``FIELDS`` gives their labels. Construction validates."""
@@ -197,17 +211,13 @@ class SafeDenoiserArgs:
     @classmethod
     def from_positional(cls, values: Sequence[Any]) -> SafeDenoiserArgs:
         """UI order; missing trailing values take the defaults, extra ones are an error."""
-        if len(values) > len(FIELDS):
-            raise ArgsError(f"got {len(values)} positional arguments, at most {len(FIELDS)} are accepted: "
-                            f"{', '.join(FIELD_NAMES)}")
+        check_positional(values, FIELD_NAMES)
         return cls(**dict(zip(FIELD_NAMES, values, strict=False)))
 
     @classmethod
     def from_dict(cls, fields: Mapping[str, Any]) -> SafeDenoiserArgs:
         """Named fields. A preset fills the fields the dict leaves out; unknown keys are an error."""
-        unknown = sorted(set(fields) - set(FIELD_NAMES))
-        if unknown:
-            raise ArgsError(f"unknown field(s) {', '.join(map(repr, unknown))}; accepted: {', '.join(FIELD_NAMES)}")
+        check_known(fields, FIELD_NAMES)
         values = dict(fields)
         preset = values.get("preset", DEFAULT_PRESET)
         if isinstance(preset, str) and preset in preset_names():

@@ -58,8 +58,14 @@ class TraceSummary:
     max_beta: float
 
 
-def _num(value: float) -> str:
+def format_number(value: float) -> str:
+    """A number as infotext shows it (4 significant digits)."""
     return f"{value:.4g}"
+
+
+def format_window(start: float, end: float) -> str:
+    """A window as infotext shows it, "start-end" (``read_window`` reads it back)."""
+    return f"{format_number(start)}-{format_number(end)}"
 
 
 def to_infotext(args: SafeDenoiserArgs, bank_hash: str, summary: TraceSummary | None) -> dict[str, str]:
@@ -69,18 +75,18 @@ def to_infotext(args: SafeDenoiserArgs, bank_hash: str, summary: TraceSummary | 
         KEY_HASH: bank_hash,
         KEY_PRESET: args.preset,
         KEY_MODE: args.mode,
-        KEY_STRENGTH: _num(args.strength),
-        KEY_WINDOW: f"{_num(args.window_start)}-{_num(args.window_end)}",
+        KEY_STRENGTH: format_number(args.strength),
+        KEY_WINDOW: format_window(args.window_start, args.window_end),
     }
     if args.mode == "odds":
         out[KEY_REFERENCE] = args.reference_bank
-        out[KEY_PRIOR] = _num(args.prior)
+        out[KEY_PRIOR] = format_number(args.prior)
     if args.mode == "paper":
-        out[KEY_BANDWIDTH] = _num(args.bandwidth)
-        out[KEY_GATE] = _num(args.gate_margin) if args.gate else "off"
+        out[KEY_BANDWIDTH] = format_number(args.bandwidth)
+        out[KEY_GATE] = format_number(args.gate_margin) if args.gate else "off"
     if summary is not None:
         out[KEY_ACTED] = f"{summary.acted_steps}/{summary.total_steps}"
-        out[KEY_MAX_BETA] = _num(summary.max_beta)
+        out[KEY_MAX_BETA] = format_number(summary.max_beta)
     return out
 
 
@@ -99,6 +105,15 @@ def policy_infotext(preset: PresetRef | None, notes: Sequence[str] = ()) -> dict
     if notes:
         out[KEY_POLICY] = "; ".join(notes)
     return out
+
+
+def read_window(params: Mapping[str, Any], key: str) -> tuple[float, float] | None:
+    """(start, end) from a pasted "start-end" infotext pair, or None (missing or unreadable)."""
+    start, sep, end = str(params.get(key, "")).partition("-")
+    try:
+        return (float(start), float(end)) if sep else None
+    except ValueError:
+        return None
 
 
 def read_float(params: Mapping[str, Any], key: str) -> float | None:
@@ -128,13 +143,9 @@ def from_infotext(params: Mapping[str, Any]) -> dict[str, Any]:
         value = read_float(params, key)
         if value is not None:
             out[field] = value
-    window = str(params.get(KEY_WINDOW, ""))
-    start, sep, end = window.partition("-")
-    try:
-        if sep:
-            out["window_start"], out["window_end"] = float(start), float(end)
-    except ValueError:
-        pass
+    window = read_window(params, KEY_WINDOW)
+    if window is not None:
+        out["window_start"], out["window_end"] = window
     if KEY_GATE in params:
         gate = str(params[KEY_GATE])
         margin = read_float(params, KEY_GATE)

@@ -13,7 +13,14 @@ from typing import Any
 
 from lib_safe_denoiser.concepts.args import CONCEPT_FIELD_NAMES, CONCEPT_FIELDS, ConceptArgs
 from lib_safe_denoiser.concepts.parsing import ConceptError
-from lib_safe_denoiser.generation.args import FIELD_NAMES, FIELDS, ArgsError, SafeDenoiserArgs
+from lib_safe_denoiser.generation.args import (
+    FIELD_NAMES,
+    FIELDS,
+    ArgsError,
+    SafeDenoiserArgs,
+    check_known,
+    check_positional,
+)
 
 SCRIPT_FIELD_NAMES: tuple[str, ...] = FIELD_NAMES + CONCEPT_FIELD_NAMES
 """Every argument of the script, in UI (positional) order."""
@@ -33,10 +40,7 @@ class ScriptArgs:
     @classmethod
     def from_dict(cls, fields: Mapping[str, Any]) -> ScriptArgs:
         """Named fields of both units; unknown keys are an error naming every accepted one."""
-        unknown = sorted(set(fields) - set(SCRIPT_FIELD_NAMES))
-        if unknown:
-            raise ArgsError(f"unknown field(s) {', '.join(map(repr, unknown))}; accepted: "
-                            f"{', '.join(SCRIPT_FIELD_NAMES)}")
+        check_known(fields, SCRIPT_FIELD_NAMES)
         try:
             concepts = ConceptArgs.from_dict({k: v for k, v in fields.items() if k in CONCEPT_FIELD_NAMES})
         except ConceptError as e:
@@ -53,9 +57,7 @@ class ScriptArgs:
     @classmethod
     def from_positional(cls, values: Sequence[Any]) -> ScriptArgs:
         """UI order; missing trailing values take the defaults, extra ones are an error."""
-        if len(values) > len(SCRIPT_FIELD_NAMES):
-            raise ArgsError(f"got {len(values)} positional arguments, at most {len(SCRIPT_FIELD_NAMES)} are "
-                            f"accepted: {', '.join(SCRIPT_FIELD_NAMES)}")
+        check_positional(values, SCRIPT_FIELD_NAMES)
         named = dict(zip(SCRIPT_FIELD_NAMES, values, strict=False))
         return cls.from_dict({**SafeDenoiserArgs().as_dict(), **named})  # the defaults, not a preset's numbers
 
