@@ -10,6 +10,8 @@ callback never acts on another job's processing object.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
@@ -127,8 +129,6 @@ CARRIED = {"sample_euler": "step", "sample_euler_ancestral": "step", "ddim": "st
 def _sampler_carry(denoiser: Any) -> tuple[str | None, float, int]:
     """(carry kind, ancestral eta, seed) of the pass's sampler: eta only where its function takes one
     (the WebUI sets ``sampler.eta`` for every sampler), the batch's first seed for the re-noising noise."""
-    import inspect
-
     sampler = denoiser.sampler
     takes_eta = "eta" in inspect.signature(sampler.func).parameters
     eta = float(sampler.eta or 0.0) if takes_eta else 0.0
@@ -341,8 +341,8 @@ class SafeDenoiserScript(scripts.Script):
                       bandwidth, gate, gate_margin, concepts, concept_eta, concept_gamma, concept_window_start,
                       concept_window_end]
         by_field = dict(zip(SCRIPT_FIELD_NAMES, components, strict=True))
-        self.infotext_fields = [(by_field[name], _paste(name)) for name, _ in INFOTEXT_FIELDS]
-        self.infotext_fields += [(by_field[name], _paste_concept(name)) for name, _ in CONCEPT_INFOTEXT_FIELDS]
+        self.infotext_fields = [(by_field[name], _paste(name)) for name, _ in INFOTEXT_FIELDS] + [
+            (by_field[name], _paste(name, concept_infotext)) for name, _ in CONCEPT_INFOTEXT_FIELDS]
         return components
 
     # -- the job's life: before_process -> process -> (process_before_every_sampling, sampling,
@@ -471,16 +471,9 @@ def generation_user(p: Any, policy: OperatorPolicy | None = None) -> User:
     return current_user(generation_user_name(p), policy)
 
 
-def _paste_concept(field: str):
+def _paste(field: str, parse: Callable[[dict[str, Any]], dict[str, Any]] = from_infotext):
     def read(params: dict[str, Any]) -> Any:
-        return concept_infotext(params).get(field)
-
-    return read
-
-
-def _paste(field: str):
-    def read(params: dict[str, Any]) -> Any:
-        value = from_infotext(params).get(field)
+        value = parse(params).get(field)
         if field == "bank" and value is not None:  # the multiselect takes a list
             return [name.strip() for name in value.split(",") if name.strip()]
         return value
