@@ -10,13 +10,13 @@ action leaves the tab usable.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import html
 import io
 import logging
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ def request_username(request: Any) -> str | None:
     return getattr(request, "username", None)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class TabServices:
     """What the tab needs from its host. Settings are callables so a changed setting applies at once."""
 
@@ -110,6 +110,21 @@ def _thumb_image(thumb: manage.Thumb) -> tuple[Image.Image, str]:
     img = Image.open(io.BytesIO(thumb.png))
     img.load()
     return img, thumb.caption
+
+
+UNFINISHED_UPLOAD_HINT = ("A file that arrived empty (0 bytes) was most likely still uploading when the button was "
+                          "pressed: choose it again, and press the button once the upload has finished.")
+
+
+def with_upload_hint(out: manage.Outcome, paths: Iterable[str]) -> manage.Outcome:
+    """An action on browser uploads, one of them empty, says how that happens.
+
+    gradio 3.41 uploads chosen files in the background and forgets the upload if an event redraws
+    the page meanwhile; the next press then sends the files without their contents.
+    """
+    if not any(os.path.isfile(p) and os.path.getsize(p) == 0 for p in paths):
+        return out
+    return dataclasses.replace(out, details=(*out.details, UNFINISHED_UPLOAD_HINT))
 
 
 def upload_paths(files: Any) -> list[str]:
@@ -428,7 +443,8 @@ class BankTab:
 
     def on_add(self, name: str | None, files: Any, page: Any, request: gr.Request) -> dict:
         user = self.user(request)
-        out = manage.add_uploads(self.s.store, user, name, upload_paths(files), limits=self.s.limits())
+        paths = upload_paths(files)
+        out = with_upload_hint(manage.add_uploads(self.s.store, user, name, paths, limits=self.s.limits()), paths)
         updates = self._after_change(user, name, out, page)
         if out.ok:
             updates[self.add_files] = None
@@ -449,8 +465,9 @@ class BankTab:
     def on_create(self, name: str, description: str, tags: str, resize: str, shared: bool, files: Any,
                   request: gr.Request) -> dict:
         user = self.user(request)
-        out = manage.create_bank(self.s.store, user, name, upload_paths(files), description=description, tags=tags,
-                                 resize=resize, shared=shared, limits=self.s.limits())
+        paths = upload_paths(files)
+        out = with_upload_hint(manage.create_bank(self.s.store, user, name, paths, description=description, tags=tags,
+                                                  resize=resize, shared=shared, limits=self.s.limits()), paths)
         return self._after_create(user, out, self.new_files)
 
     def on_create_from_folder(self, name: str, description: str, tags: str, resize: str, shared: bool, folder: str,
@@ -490,8 +507,8 @@ class BankTab:
     def on_import(self, upload: Any, new_name: str, overwrite: bool, shared: bool, request: gr.Request) -> dict:
         user = self.user(request)
         paths = upload_paths(upload)
-        out = manage.import_bank(self.s.store, user, paths[0] if paths else None, name=new_name,
-                                 overwrite=overwrite, shared=shared)
+        out = with_upload_hint(manage.import_bank(self.s.store, user, paths[0] if paths else None, name=new_name,
+                                                  overwrite=overwrite, shared=shared), paths)
         updates = self._switch_to(user, out, out.data.name if out.ok else None)
         if out.ok:
             updates.update({self.import_file: None, self.import_name: "", self.import_overwrite: False})
@@ -536,8 +553,9 @@ class BankTab:
                 self.curate_report: out.data if out.ok else None}
 
     def on_curate(self, files: Any, concepts: str, threshold: Any, duplicates: Any) -> dict:
-        out = manage.curate_uploads(self.s.clip_judge, upload_paths(files), concepts, threshold=threshold,
-                                    duplicate_cosine=duplicates, limits=self.s.limits())
+        paths = upload_paths(files)
+        out = with_upload_hint(manage.curate_uploads(self.s.clip_judge, paths, concepts, threshold=threshold,
+                                                     duplicate_cosine=duplicates, limits=self.s.limits()), paths)
         return self._curation_view(out, threshold, duplicates)
 
     def on_curate_folder(self, folder: str, recursive: bool, concepts: str, threshold: Any, duplicates: Any,

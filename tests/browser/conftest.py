@@ -115,5 +115,8 @@ def page(browser, tab_app):
     pg = context.new_page()
     pg.goto(tab_app.url, timeout=60_000)
     pg.wait_for_selector("#safe_denoiser_tab_bank", timeout=60_000)
+    # the load event has answered: nothing redraws the page under the test's first upload
+    pg.wait_for_function("() => (document.getElementById('safe_denoiser_tab_identity')?.innerText || '').trim()",
+                         timeout=60_000)
     yield pg
     context.close()

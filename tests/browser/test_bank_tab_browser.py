@@ -12,10 +12,12 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.browser.app import STAND_IN_VAE
 
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 SCREENSHOT_ENV = "SAFE_DENOISER_SCREENSHOT"
 TIMEOUT_MS = 60_000
 N_GOOD = 10
@@ -35,8 +37,14 @@ def status(page) -> str:
 
 
 def wait_text(page, elem: str, text: str) -> None:
-    page.wait_for_function("([id, t]) => (document.getElementById(id)?.innerText || '').includes(t)",
-                           arg=[f"safe_denoiser_tab_{elem}", text], timeout=TIMEOUT_MS)
+    """Wait for ``text`` in the element; a timeout says what the element showed instead."""
+    element_id = f"safe_denoiser_tab_{elem}"
+    try:
+        page.wait_for_function("([id, t]) => (document.getElementById(id)?.innerText || '').includes(t)",
+                               arg=[element_id, text], timeout=TIMEOUT_MS)
+    except sync_api.TimeoutError:
+        shown = page.evaluate("id => document.getElementById(id)?.innerText", element_id)
+        raise AssertionError(f"#{element_id} never showed {text!r}; it shows {shown!r}") from None
 
 
 def wait_status(page, text: str) -> str:
@@ -53,9 +61,18 @@ def fill(page, elem: str, text: str) -> None:
 
 
 def upload(page, elem: str, files: list[Path]) -> None:
-    page.locator(f"#safe_denoiser_tab_{elem} input[type=file]").set_input_files([str(f) for f in files])
-    for f in files:  # uploaded: gradio lists each file by name
-        page.locator(f"#safe_denoiser_tab_{elem}", has_text=f.name).wait_for(timeout=TIMEOUT_MS)
+    """Choose files and wait until gradio has sent them to the server.
+
+    gradio 3.41 lists the files at once but uploads them in the background, and drops the upload's
+    result if any event re-renders the component meanwhile: a button pressed before the upload is
+    done can then send the files without their contents (a race of gradio's, not of the tab's).
+    """
+    box = f"#safe_denoiser_tab_{elem}"
+    with page.expect_response(lambda r: r.url.endswith("/upload"), timeout=TIMEOUT_MS):
+        page.locator(f"{box} input[type=file]").set_input_files([str(f) for f in files])
+    for f in files:  # gradio lists each file by name
+        page.locator(box, has_text=f.name).wait_for(timeout=TIMEOUT_MS)
+    page.wait_for_function("sel => !document.querySelector(sel + ' .generating')", arg=box, timeout=TIMEOUT_MS)
 
 
 def thumbnails(page):
@@ -160,3 +177,4 @@ def test_errors_are_answered_and_the_tab_keeps_working(page, tab_app, tmp_path):
     fill(page, "new_name", "good-name")
     page.click("#safe_denoiser_tab_create")
     wait_status(page, "Created 1 image(s) in bank 'good-name'")
+

@@ -21,7 +21,14 @@ from PIL import Image
 from lib_safe_denoiser.banks import manage
 from lib_safe_denoiser.banks.inputs import InputLimits
 from lib_safe_denoiser.banks.store import BankStore
-from safe_denoiser_webui.bank_tab import BankTab, TabServices, elem_id, status_html, upload_paths
+from safe_denoiser_webui.bank_tab import (
+    UNFINISHED_UPLOAD_HINT,
+    BankTab,
+    TabServices,
+    elem_id,
+    status_html,
+    upload_paths,
+)
 from safe_denoiser_webui.model import vae_id
 from tests.browser.app import STAND_IN_VAE, StandInEncoder, stand_in_services
 from tests.glue.conftest import smooth_picture
@@ -180,6 +187,24 @@ def test_create_with_nothing_usable_saves_nothing_and_says_why(driver, env, tmp_
     assert "looks like a path" in driver.status()
     create(driver, "no-files", [])
     assert "Add some images" in driver.status()
+
+
+def test_an_upload_that_arrived_empty_says_it_was_probably_unfinished(driver, env, tmp_path):
+    """gradio 3.41 can send a file without its contents when the button beat the upload: say so."""
+    store = env[0]
+    empty = tmp_path / "big.png"
+    empty.write_bytes(b"")
+    create(driver, "unfinished", [str(empty)])
+    assert "big.png: empty file (0 bytes)" in driver.status() and UNFINISHED_UPLOAD_HINT in driver.status()
+    assert not store.exists("unfinished")
+    create(driver, "half", [picture_file(tmp_path, "ok.png", 1), str(empty)])  # the good one is kept
+    assert "Created 1 image(s) in bank 'half'" in driver.status() and UNFINISHED_UPLOAD_HINT in driver.status()
+    driver.run(driver.tab.add, "click", add_files=uploaded([str(empty)]))
+    assert UNFINISHED_UPLOAD_HINT in driver.status()
+    driver.run(driver.tab.import_bank, "click", import_file=uploaded([str(empty)]))
+    assert UNFINISHED_UPLOAD_HINT in driver.status()
+    create(driver, "complete", [picture_file(tmp_path, "fine.png", 2)])
+    assert UNFINISHED_UPLOAD_HINT not in driver.status()
 
 
 def test_zip_upload_adds_its_images_and_names_the_bad_members(driver, env, tmp_path):
