@@ -25,7 +25,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from tools.tiny_sd.digits64 import DigitReader  # noqa: E402
-from tools.tiny_sd.efficacy import MODES, Cell, Client, all_rows, make_banks, run_cell  # noqa: E402
+from tools.tiny_sd.efficacy import (  # noqa: E402
+    MODES,
+    Cell,
+    Client,
+    all_rows,
+    contact_sheet,
+    make_banks,
+    run_cell,
+    use_reference,
+)
 
 HEADER = f"{'row':<18} {'mode':<6} {'N':>4}  {'negated plain -> steered':>25}  {'reduction':>9}  {'TV others':>9}  " \
          f"{'time x':>6}"
@@ -60,6 +69,10 @@ def main() -> None:
     ap.add_argument("--strength", type=float, help="override the modes' strength")
     ap.add_argument("--window", help="override the window: START,END (fractions of the timeline)")
     ap.add_argument("--preset", help="a built-in preset whose numbers fill the fields the mode leaves out")
+    ap.add_argument("--reference", help="the odds mode's reference: an existing bank (e.g. one made by "
+                    "`python -m lib_safe_denoiser bank sample`) instead of 30 held-out images of the other digits")
+    ap.add_argument("--sheets", type=Path, help="a folder: save per cell a picture of the steered images still "
+                    "read as the digit")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -74,6 +87,8 @@ def main() -> None:
     print(f"checkpoint: {client.select_checkpoint()}")
     sizes = (64, 128) if "hires fix x2" in chosen else (64,)
     banks = make_banks(client, args.digit, prefix=args.prefix, sizes=sizes)
+    if args.reference:
+        banks = use_reference(client, banks, args.reference, sizes)
     overrides: dict[str, object] = {} if args.strength is None else {"strength": args.strength}
     if args.preset:
         overrides["preset"] = args.preset
@@ -82,14 +97,19 @@ def main() -> None:
         overrides.update(window_start=start_f, window_end=end_f, preset="custom")
     reader = DigitReader()
     print(f"settings: {', '.join(f'{m} {MODES[m]}' for m in modes)}; overrides {overrides or 'none'}")
+    held_out = "30 held-out images of the other digits"
     print(f"negating digit {args.digit}: bank {banks.negated!r} (30 held-out images), reference {banks.reference!r} "
-          f"(30 held-out images of the other digits); {args.n} images per cell, plain and steered, same seeds")
+          f"({'given' if args.reference else held_out}); {args.n} images per cell, plain and steered, same seeds")
     print(HEADER, flush=True)
     cells = []
     for name in chosen:
         for mode in modes:
             cells.append(run_cell(client, reader, banks, rows[name], mode, args.n, overrides))
             print(line(cells[-1]), flush=True)
+            if args.sheets and cells[-1].negated_steered:
+                args.sheets.mkdir(parents=True, exist_ok=True)
+                slug = "".join(ch if ch.isalnum() else "-" for ch in f"{name}-{mode}").lower()
+                contact_sheet(cells[-1].negated_steered).save(args.sheets / f"{slug}.png")
     print(f"\n{markdown(cells)}\n\n{len(cells)} cells in {time.time() - start:.0f}s")
 
 

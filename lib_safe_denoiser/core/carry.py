@@ -104,9 +104,7 @@ class Carry:
             return self._plms(x_t, sigma, denoised, corrected, acted)
         if corrected is denoised:
             return denoised
-        noise = torch.randn(x_t.shape, generator=self.generator, dtype=x_t.dtype).to(x_t.device)
-        renoise = sigma * noise - (x_t - denoised)
-        change = corrected - denoised + acted.to(x_t.dtype).unsqueeze(1) * renoise
+        change = self._displacement(x_t, sigma, denoised, corrected, acted)
         if self.kind == "step":
             return denoised + factor * change
         # two calls: what the second call adds moves the next state by the part the first did not
@@ -130,9 +128,7 @@ class Carry:
         change = torch.zeros_like(denoised) if excess is None else q / (1 + q) * excess
         displacement = torch.zeros_like(denoised)
         if corrected is not denoised:
-            noise = torch.randn(x_t.shape, generator=self.generator, dtype=x_t.dtype).to(x_t.device)
-            renoise = sigma * noise - (x_t - denoised)
-            displacement = corrected - denoised + acted.to(x_t.dtype).unsqueeze(1) * renoise
+            displacement = self._displacement(x_t, sigma, denoised, corrected, acted)
             ratio = self._next / sigma if self._next is not None else 0.0
             change = change + (1.0 + ratio / ((1.0 - ratio) * (1.0 + q))) * displacement
         self._excess = change - displacement
@@ -149,14 +145,20 @@ class Carry:
         coefficients = PLMS_COEFFICIENTS[min(self._steps - 2, len(PLMS_COEFFICIENTS) - 1)]
         target = torch.zeros_like(denoised)
         if corrected is not denoised and self._next is not None:
-            noise = torch.randn(x_t.shape, generator=self.generator, dtype=x_t.dtype).to(x_t.device)
-            renoise = sigma * noise - (x_t - denoised)
-            target = (corrected - denoised + acted.to(x_t.dtype).unsqueeze(1) * renoise) / (self._next - sigma)
+            target = self._displacement(x_t, sigma, denoised, corrected, acted) / (self._next - sigma)
         for c, earlier in zip(coefficients[1:], history, strict=False):
             target = target - c * earlier
         eps_change = target / coefficients[0]
         self._eps_changes = [eps_change, *history][: len(PLMS_COEFFICIENTS[-1]) - 1]
         return denoised - sigma * eps_change
+
+    def _displacement(self, x_t: torch.Tensor, sigma: float, denoised: torch.Tensor, corrected: torch.Tensor,
+                      acted: torch.Tensor) -> torch.Tensor:
+        """How far the official loop moves the next state: the correction, plus on the rows where it
+        acted the swap of the model's noise for fresh noise."""
+        change = corrected - denoised
+        noise = torch.randn(x_t.shape, generator=self.generator, dtype=x_t.dtype).to(x_t.device)
+        return change + acted.to(x_t.dtype).unsqueeze(1) * (sigma * noise - (x_t - denoised))
 
     def second(self, denoised: torch.Tensor) -> torch.Tensor:
         """The prediction of a step's second call (Heun, DPM++ SDE): the rest of the first call's carry. The

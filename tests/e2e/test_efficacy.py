@@ -11,7 +11,7 @@ import pytest
 
 from tests.e2e.conftest import CREDENTIALS, URL
 from tools.tiny_sd.config import CHECKPOINT_NAME
-from tools.tiny_sd.efficacy import ROUTES, Client, all_rows, make_banks, run_cell
+from tools.tiny_sd.efficacy import ROUTES, Client, all_rows, contact_sheet, make_banks, run_cell
 
 DIGIT = 7
 N_TXT2IMG = 100
@@ -37,6 +37,8 @@ def test_txt2img_odds_removes_the_digit(setup):
     assert cell.share_plain >= 0.02, f"the checkpoint samples too few {DIGIT}s to measure: {cell.plain}"
     assert cell.share_steered <= cell.share_plain / 2, (cell.plain, cell.steered)
     assert cell.tv_others <= 0.2, (cell.plain, cell.steered)
+    assert len(cell.negated_steered) == round(cell.share_steered * cell.n), "the remaining pictures are kept"
+    assert contact_sheet(cell.negated_steered).size == (2 * 64 * max(1, len(cell.negated_steered)), 2 * 64)
 
 
 def test_img2img_from_the_digit_odds(setup):

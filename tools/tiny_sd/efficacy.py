@@ -15,7 +15,7 @@ import json
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -124,6 +124,13 @@ def make_banks(client: Client, digit: int, prefix: str = "efficacy", sizes: tupl
     return Banks(names["negated"], names["reference"], digit, own[BANK_SIZE:])
 
 
+def use_reference(client: Client, banks: Banks, name: str, sizes: tuple[int, ...] = (IMAGE_SIZE,)) -> Banks:
+    """``banks`` with an existing bank as the odds mode's reference, encoded at ``sizes``."""
+    for size in sizes:
+        client.call("POST", f"{ROUTES}/banks/{name}/encode", {"width": size, "height": size})
+    return replace(banks, reference=name)
+
+
 @dataclass(frozen=True)
 class Row:
     """One generation setting: the request fields beside prompt, seeds and size."""
@@ -214,6 +221,8 @@ class Cell:
     steered: np.ndarray
     plain_s: float
     steered_s: float
+    negated_steered: list[bytes] = field(default_factory=list)
+    """The steered pictures read as the negated digit: look at what remains (``contact_sheet``)."""
 
     @property
     def share_plain(self) -> float:
@@ -259,8 +268,18 @@ def run_cell(client: Client, reader: DigitReader, banks: Banks, row: Row, mode: 
             images, seconds = generate(client, row.endpoint, {**req, **extra}, expect)
             sink.extend(images)
             times[k] += seconds
-    hist = [class_histogram(reader.read_pictures(imgs)) for imgs in (plain, steered)]
-    return Cell(row.name, mode, len(plain), banks.digit, hist[0], hist[1], times[0], times[1])
+    labels = [reader.read_pictures(imgs) for imgs in (plain, steered)]
+    hist = [class_histogram(lab) for lab in labels]
+    remaining = [pic for pic, label in zip(steered, labels[1].tolist(), strict=True) if label == banks.digit]
+    return Cell(row.name, mode, len(plain), banks.digit, hist[0], hist[1], times[0], times[1], remaining)
+
+
+def contact_sheet(pictures: list[bytes], size: int = 2 * IMAGE_SIZE) -> Image.Image:
+    """The pictures side by side, each scaled to ``size``: one row, for the eye."""
+    sheet = Image.new("RGB", (size * max(1, len(pictures)), size))
+    for i, data in enumerate(pictures):
+        sheet.paste(Image.open(io.BytesIO(data)).convert("RGB").resize((size, size)), (i * size, 0))
+    return sheet
 
 
 def generic_histogram(client: Client, reader: DigitReader, n: int, prompt: str = GENERIC_PROMPT) -> np.ndarray:
