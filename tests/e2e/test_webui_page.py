@@ -45,12 +45,14 @@ def _number(page, elem_id: str, value: str) -> None:
 
 def _choose(page, elem: str, choice: str) -> None:
     """Pick ``choice``: the focus event refreshes the choices from the server, and the dropdown filters
-    them as text is typed, so type again until the refreshed choice is listed (a WebUI's first events
-    can take long on a busy machine: up to a minute)."""
+    them as text is typed, so type again until the refreshed choice is listed, focusing again now and
+    then (a WebUI's first events can take long on a busy machine: up to a minute)."""
     box = page.locator(f"#script_txt2img_safe_denoiser_{elem} input")
     option = page.locator(f"#script_txt2img_safe_denoiser_{elem} ul.options li", has_text=choice).first
-    box.click()
-    for _ in range(120):
+    for attempt in range(120):
+        if attempt % 10 == 0:  # focus again now and then: a refresh answered before the choice existed is redone
+            page.locator("#txt2img_prompt textarea").click()
+            box.click()
         box.fill(choice)
         if option.count():
             break
