@@ -247,6 +247,8 @@ class SafeDenoiserScript(scripts.Script):
                     gate = gr.Checkbox(label=labels["gate"], value=d.gate, elem_id=self.elem_id("gate"))
                     gate_margin = gr.Slider(label=labels["gate_margin"], minimum=0.0, maximum=10.0, step=0.05,
                                             value=d.gate_margin, elem_id=self.elem_id("gate_margin"))
+                smoothing = gr.Slider(label=labels["smoothing"], minimum=0.0, maximum=3.0, step=0.05,
+                                      value=d.smoothing, elem_id=self.elem_id("smoothing"))
             with gr.Accordion("Concepts (CLIP)", open=False):
                 c = ConceptArgs()
                 concepts = gr.Textbox(label=labels["concepts"], value=c.concepts, lines=1, max_lines=3,
@@ -285,7 +287,8 @@ class SafeDenoiserScript(scripts.Script):
                                     elem_id=self.elem_id("plot"))
                     nearest = gr.Gallery(label="Nearest bank images", columns=4, elem_id=self.elem_id("nearest"))
 
-        values = [bank, mode, strength, window_start, window_end, reference_bank, prior, bandwidth, gate, gate_margin]
+        values = [bank, mode, strength, window_start, window_end, reference_bank, prior, bandwidth, gate, gate_margin,
+                  smoothing]
         by_name = dict(zip(VALUE_FIELDS, values, strict=True))
 
         def on_preset(name: str, request: gr.Request) -> list[Any]:
@@ -309,7 +312,8 @@ class SafeDenoiserScript(scripts.Script):
             and the accordion hidden where the operator enforces a preset and hides it from users."""
             user = request_identity(request)
             chosen = PANEL.default(user)
-            status, updates = PANEL.load(chosen.name, user) if chosen else (anyone_note(user), [gr.update()] * 10)
+            status, updates = (PANEL.load(chosen.name, user) if chosen
+                               else (anyone_note(user), [gr.update()] * len(values)))
             return [gr.update(visible=not accordion_hidden(user)), PANEL.dropdown(user, chosen and chosen.name),
                     status, *updates]
 
@@ -339,7 +343,7 @@ class SafeDenoiserScript(scripts.Script):
 
         components = [enabled, bank, preset, mode, strength, window_start, window_end, reference_bank, prior,
                       bandwidth, gate, gate_margin, concepts, concept_eta, concept_gamma, concept_window_start,
-                      concept_window_end]
+                      concept_window_end, smoothing]
         by_field = dict(zip(SCRIPT_FIELD_NAMES, components, strict=True))
         self.infotext_fields = [(by_field[name], _paste(name)) for name, _ in INFOTEXT_FIELDS] + [
             (by_field[name], _paste(name, concept_infotext)) for name, _ in CONCEPT_INFOTEXT_FIELDS]

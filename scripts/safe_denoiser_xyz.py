@@ -31,6 +31,7 @@ def add_xyz_axes() -> None:
         xyz.AxisOption("[Safe Denoiser] Mode", str, override("mode", str), choices=lambda: list(MODES)),
         xyz.AxisOption("[Safe Denoiser] Window start", float, override("window_start", float)),
         xyz.AxisOption("[Safe Denoiser] Window end", float, override("window_end", float)),
+        xyz.AxisOption("[Safe Denoiser] Bandwidth floor", float, override("smoothing", float)),
         xyz.AxisOption("[Safe Denoiser] Concepts", str, override("concepts", str)),
         xyz.AxisOption("[Safe Denoiser] Concept eta", float, override("concept_eta", float)),
         xyz.AxisOption("[Safe Denoiser] Concept gamma", float, override("concept_gamma", float)),

@@ -29,7 +29,8 @@ CALIBRATION_ROWS = 1024
 class Diagnostics:
     """What the last ``correct`` call did, one entry per row (CPU tensors).
 
-    beta is the multiplier applied (the scale s in the paper mode), 0 where nothing acted;
+    beta is the multiplier applied, 0 where nothing acted: in the paper mode the scale s times the
+    kernel's share sum k / (sum k + 1e-8), so a bank too far for its kernel reads as ~0, not s;
     log_odds the odds mode's estimate (NaN in the other modes); log_kernel_sum the log of the
     kernel sum over the bank (the paper mode's gate statistic; the log density of the noised
     bank up to a constant in the others). Nearest entries are measured from x_t (odds,
@@ -286,6 +287,6 @@ class SafeDenoiser:
         # an infinite margin is "no gate": the recipes for people and artworks are always on
         bar = self.gate_threshold - cfg.gate_margin if math.isfinite(cfg.gate_margin) else -math.inf
         gate = stats.lse > math.log(bar) if bar > 0 else torch.ones_like(stats.lse, dtype=torch.bool)
-        beta = torch.full_like(stats.lse, cfg.scale)
-        acted = gate & (beta >= cfg.min_beta)
+        acted = gate & (cfg.scale >= cfg.min_beta)  # as the official loop: the gate alone decides (and re-noises)
+        beta = cfg.scale * shrink.squeeze(1)
         return new, beta, torch.full_like(stats.lse, math.nan), stats, acted

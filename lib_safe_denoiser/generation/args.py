@@ -92,8 +92,12 @@ FIELDS: tuple[Field, ...] = (
     Field("bandwidth", "Kernel bandwidth (paper mode)", float, Bounds(low=0.0, strict=True)),
     Field("gate", "Gate (paper mode)", bool),
     Field("gate_margin", "Gate margin (paper mode)", float),
+    Field("smoothing", "Bandwidth floor (odds mode)", float, Bounds(low=0.0)),
 )
 FIELD_NAMES = tuple(f.name for f in FIELDS)
+APPENDED_FIELD_NAMES: tuple[str, ...] = ("smoothing",)
+"""Fields added after the concept unit existed: they follow it in the script's positional order, so a
+positional API call written before them keeps its meaning."""
 _KINDS = {f.name: f.kind for f in FIELDS}
 
 
@@ -159,6 +163,7 @@ class SafeDenoiserArgs:
     bandwidth: float = 3.15
     gate: bool = True
     gate_margin: float = 1.6
+    smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         for name in FIELD_NAMES:
@@ -209,12 +214,6 @@ class SafeDenoiserArgs:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def from_positional(cls, values: Sequence[Any]) -> SafeDenoiserArgs:
-        """UI order; missing trailing values take the defaults, extra ones are an error."""
-        check_positional(values, FIELD_NAMES)
-        return cls(**dict(zip(FIELD_NAMES, values, strict=False)))
-
-    @classmethod
     def from_dict(cls, fields: Mapping[str, Any]) -> SafeDenoiserArgs:
         """Named fields. A preset fills the fields the dict leaves out; unknown keys are an error."""
         check_known(fields, FIELD_NAMES)
@@ -248,9 +247,6 @@ class SafeDenoiserArgs:
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in FIELD_NAMES}
 
-    def as_positional(self) -> list[Any]:
-        return [getattr(self, name) for name in FIELD_NAMES]
-
     def sigma_window(self, alphas_cumprod: torch.Tensor) -> tuple[float, float]:
         """(sigma_min, sigma_max) of the window: fraction f of the timeline is DDPM t = (1 - f)(T - 1)."""
         return fraction_window_to_sigmas(self.window_start, self.window_end, alphas_cumprod)
@@ -262,4 +258,4 @@ class SafeDenoiserArgs:
         if self.mode == "paper":
             return SafeDenoiserConfig(scale=self.strength, bandwidth=self.bandwidth,
                                       gate_margin=self.gate_margin if self.gate else math.inf, **common)
-        return SafeDenoiserConfig(strength=self.strength, prior=self.prior, **common)
+        return SafeDenoiserConfig(strength=self.strength, prior=self.prior, smoothing=self.smoothing, **common)

@@ -28,6 +28,7 @@ KEY_REFERENCE = f"{PREFIX} reference"
 KEY_PRIOR = f"{PREFIX} prior"
 KEY_BANDWIDTH = f"{PREFIX} bandwidth"
 KEY_GATE = f"{PREFIX} gate"
+KEY_SMOOTHING = f"{PREFIX} floor"
 KEY_ACTED = f"{PREFIX} acted"
 KEY_MAX_BETA = f"{PREFIX} max beta"
 KEY_ERROR = f"{PREFIX} error"
@@ -45,6 +46,7 @@ INFOTEXT_FIELDS: tuple[tuple[str, str], ...] = (
     ("bandwidth", KEY_BANDWIDTH),
     ("gate", KEY_GATE),
     ("gate_margin", KEY_GATE),
+    ("smoothing", KEY_SMOOTHING),
 )
 """(argument field, infotext key) for the WebUI's paste mapping."""
 
@@ -81,6 +83,8 @@ def to_infotext(args: SafeDenoiserArgs, bank_hash: str, summary: TraceSummary | 
     if args.mode == "odds":
         out[KEY_REFERENCE] = args.reference_bank
         out[KEY_PRIOR] = format_number(args.prior)
+    if args.mode != "paper":
+        out[KEY_SMOOTHING] = format_number(args.smoothing)
     if args.mode == "paper":
         out[KEY_BANDWIDTH] = format_number(args.bandwidth)
         out[KEY_GATE] = format_number(args.gate_margin) if args.gate else "off"
@@ -139,7 +143,10 @@ def from_infotext(params: Mapping[str, Any]) -> dict[str, Any]:
             out[field] = str(params[key])
     if KEY_PRESET_SCOPE in params:  # a saved preset: its numbers are restored, its name is never resolved
         out["preset"] = CUSTOM
-    for field, key in (("strength", KEY_STRENGTH), ("prior", KEY_PRIOR), ("bandwidth", KEY_BANDWIDTH)):
+    if out.get("mode", "paper") != "paper":  # images from before the floor existed ran without one
+        out["smoothing"] = 0.0
+    for field, key in (("strength", KEY_STRENGTH), ("prior", KEY_PRIOR), ("bandwidth", KEY_BANDWIDTH),
+                       ("smoothing", KEY_SMOOTHING)):
         value = read_float(params, key)
         if value is not None:
             out[field] = value

@@ -97,7 +97,8 @@ def args_schema() -> dict[str, Any]:
     take the defaults).
     """
     names = list(SCRIPT_FIELD_NAMES)
-    fields = {**{f.name: field_schema(f) for f in FIELDS}, **{f.name: concept_field_schema(f) for f in CONCEPT_FIELDS}}
+    every = {**{f.name: field_schema(f) for f in FIELDS}, **{f.name: concept_field_schema(f) for f in CONCEPT_FIELDS}}
+    fields = {name: every[name] for name in names}
     named = {
         "type": "object",
         "properties": fields,

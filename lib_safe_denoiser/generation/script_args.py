@@ -1,5 +1,5 @@
 """The script's whole argument list: the bank correction's unit (``generation/args.py``), then the
-text-concept unit (``concepts/args.py``), in that order in the UI, positionally and in one dict.
+text-concept unit (``concepts/args.py``), positionally and in one dict; bank fields added later come last.
 
 The accordion's Enable switches both on. A generation may use a bank, concepts or both: the bank
 side then needs a bank only when no concepts are given.
@@ -14,6 +14,7 @@ from typing import Any
 from lib_safe_denoiser.concepts.args import CONCEPT_FIELD_NAMES, CONCEPT_FIELDS, ConceptArgs
 from lib_safe_denoiser.concepts.parsing import ConceptError
 from lib_safe_denoiser.generation.args import (
+    APPENDED_FIELD_NAMES,
     FIELD_NAMES,
     FIELDS,
     ArgsError,
@@ -22,8 +23,10 @@ from lib_safe_denoiser.generation.args import (
     check_positional,
 )
 
-SCRIPT_FIELD_NAMES: tuple[str, ...] = FIELD_NAMES + CONCEPT_FIELD_NAMES
-"""Every argument of the script, in UI (positional) order."""
+SCRIPT_FIELD_NAMES: tuple[str, ...] = (tuple(n for n in FIELD_NAMES if n not in APPENDED_FIELD_NAMES)
+                                       + CONCEPT_FIELD_NAMES + APPENDED_FIELD_NAMES)
+"""Every argument of the script, in positional order: the bank unit's first fields, the concept unit's, then
+the bank fields added later (``APPENDED_FIELD_NAMES``)."""
 SCRIPT_LABELS: dict[str, str] = {f.name: f.label for f in (*FIELDS, *CONCEPT_FIELDS)}
 """Each argument's label in the accordion (and the REST schema)."""
 

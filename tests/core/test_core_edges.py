@@ -169,6 +169,21 @@ def test_paper_shrink_matters_where_the_kernel_sum_is_tiny():
     for point, out in ((d, got), (d2, got2)):
         kk = math.exp(-float((point - bank).norm()) / 2)
         torch.testing.assert_close(out, point - 0.5 * kk / (kk + PAPER_EPS) * bank, rtol=0, atol=1e-12)
+    assert float(sd.last_diagnostics.beta[0]) == pytest.approx(0.5 * kk / (kk + PAPER_EPS), rel=1e-9)  # d2's
+
+
+def test_paper_beta_is_the_scale_it_really_applied():
+    """beta reports s * sum k / (sum k + 1e-8): ~s near the bank, ~0 where the kernel has fallen below the
+    guard, and the gate-open row still counts as acted (the official loop re-noises it; infotext's max beta
+    tells the two apart)."""
+    bank = torch.zeros(1, 4, dtype=torch.float64)
+    sd = SafeDenoiser(bank, None, paper_config(scale=0.5, bandwidth=1.0, gate_margin=math.inf, project_bank=False))
+    near = torch.tensor([[0.1, 0.0, 0.0, 0.0], [200.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    out = sd.correct(near, 1.0, near)
+    diag = sd.last_diagnostics
+    assert diag.acted.tolist() == [True, True]
+    assert float(diag.beta[0]) == pytest.approx(0.5, abs=1e-6) and float(diag.beta[1]) < 1e-30
+    torch.testing.assert_close(out[1], near[1], rtol=0, atol=1e-30)
 
 
 def test_an_infinite_margin_never_calibrates_and_a_calibration_is_kept():

@@ -64,7 +64,21 @@ def test_odds_mode_and_positional_args(webui, banks):
     by_position, info = txt2img(webui, positional)
     by_name, _ = txt2img(webui, [steer(banks, mode="odds", strength=1.0, reference_bank=banks["reference"])])
     assert info["extra_generation_params"]["Safe denoiser mode"] == "odds"
+    assert info["extra_generation_params"]["Safe denoiser floor"] == "0"
     assert same(by_position, by_name) and not same(plain, by_position)
+
+
+def test_the_bandwidth_floor_is_a_field_by_name_and_appended_position(webui, banks):
+    """The floor (``smoothing``) comes after the concept fields positionally, so older positional calls keep
+    their meaning; it changes the odds mode's correction and infotext records it."""
+    odds = {"mode": "odds", "strength": 1.0, "reference_bank": banks["reference"]}
+    no_floor, _ = txt2img(webui, [steer(banks, **odds)])
+    by_name, info = txt2img(webui, [steer(banks, **odds, smoothing=1.0)])
+    positional = [True, banks["bank"], "custom", "odds", 1.0, 0.0, 1.0, banks["reference"], 0.1, 3.15, True, 1.6,
+                  "", 0.0, 0.0, 0.0, 1.0, 1.0]
+    by_position, _ = txt2img(webui, positional)
+    assert info["extra_generation_params"]["Safe denoiser floor"] == "1"
+    assert same(by_position, by_name) and not same(no_floor, by_name)
 
 
 def test_hires_fix_is_steered(webui, banks):

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from lib_safe_denoiser.concepts.args import ConceptArgs
 from lib_safe_denoiser.generation.args import FIELD_NAMES, ArgsError, SafeDenoiserArgs
 from lib_safe_denoiser.generation.script_args import ScriptArgs
 from lib_safe_denoiser.policy.builtin_presets import CUSTOM, PRESETS, preset_fields, preset_names
@@ -25,13 +26,29 @@ def test_defaults_are_the_papers_nudity_recipe():
 
 def test_positional_round_trip_and_missing_trailing_defaults():
     args = SafeDenoiserArgs(enabled=True, bank="b", mode="odds", strength=2.0, reference_bank="generic")
-    assert SafeDenoiserArgs.from_positional(args.as_positional()) == args
+    script = ScriptArgs(args, ConceptArgs())
+    assert ScriptArgs.from_positional(script.as_positional()) == script
     short = ScriptArgs.from_script_args([True, "b"]).bank
     assert short == SafeDenoiserArgs(enabled=True, bank="b")
-    with pytest.raises(ArgsError, match="at most 12"):
-        SafeDenoiserArgs.from_positional([False] * 13)
-    with pytest.raises(ArgsError, match="at most 17"):
-        ScriptArgs.from_positional([False] * 18)
+    with pytest.raises(ArgsError, match="at most 18"):
+        ScriptArgs.from_positional([False] * 19)
+
+
+def test_the_floor_is_appended_so_older_positional_calls_keep_their_meaning():
+    older = [True, "b", "custom", "odds", 2.0, 0.0, 0.95, "generic", 0.1, 3.15, True, 1.6,
+             "nudity", 0.05, 100.0, 0.0, 0.3]  # the 17 values a positional call sent before the floor existed
+    a = ScriptArgs.from_positional(older)
+    assert a.bank.reference_bank == "generic" and a.concepts.concepts == "nudity" and a.bank.smoothing == 0.0
+    assert a.concepts.concept_eta == 0.05 and a.concepts.concept_window_end == 0.3
+    floored = ScriptArgs.from_positional([*older, 0.5])
+    assert floored.bank.smoothing == 0.5 and floored.concepts == a.concepts
+    assert ScriptArgs.from_positional(floored.as_positional()) == floored
+    cfg = floored.bank.to_config(SD15_ALPHAS)
+    assert cfg.mode == "odds" and cfg.smoothing == 0.5
+    paper = SafeDenoiserArgs(enabled=True, bank="b", smoothing=0.5).to_config(SD15_ALPHAS)
+    assert paper.mode == "paper" and paper.smoothing == 0.0  # the floor is the odds and constant modes' own
+    with pytest.raises(ArgsError, match="'smoothing' must be >= 0, got -0.1"):
+        SafeDenoiserArgs(smoothing=-0.1)
 
 
 def test_dict_form_fills_from_preset_and_names_bad_fields():

@@ -48,11 +48,14 @@ def test_every_field_is_there_with_type_label_and_default():
     assert list(named["properties"]) == list(SCRIPT_FIELD_NAMES)
     assert named["additionalProperties"] is False
     assert SCHEMA["$defs"]["positional"]["maxItems"] == len(SCRIPT_FIELD_NAMES)
-    assert [p["title"] for p in positional[len(FIELDS):]] == [f.label for f in CONCEPT_FIELDS]
-    assert [p["default"] for p in positional[len(FIELDS):]] == ConceptArgs().as_positional()
-    for f, by_position in zip(FIELDS, positional, strict=False):
+    concept_at = SCRIPT_FIELD_NAMES.index(CONCEPT_FIELDS[0].name)
+    concept_slots = positional[concept_at:concept_at + len(CONCEPT_FIELDS)]
+    assert [p["title"] for p in concept_slots] == [f.label for f in CONCEPT_FIELDS]
+    assert [p["default"] for p in concept_slots] == ConceptArgs().as_positional()
+    assert SCRIPT_FIELD_NAMES[-1] == "smoothing", "a field added later is appended, after the concepts"
+    for f in FIELDS:
         prop = named["properties"][f.name]
-        assert prop == by_position
+        assert prop == positional[SCRIPT_FIELD_NAMES.index(f.name)]
         if f.name != "bank":  # one name as text, or several as a list
             assert prop["type"] == JSON_TYPES[f.kind]
         assert prop["title"] == f.label
@@ -94,7 +97,7 @@ def test_concept_fields_agree(fields, valid):
 
 
 def test_defaults_validate_in_both_forms():
-    defaults = SafeDenoiserArgs()
+    defaults = ScriptArgs(SafeDenoiserArgs(), ConceptArgs())
     for args in ([defaults.as_dict()], defaults.as_positional(), [], [{}]):
         assert schema_accepts(args) and validator_accepts(args)
 
@@ -145,7 +148,8 @@ def test_good_requests_pass_both():
         [{"enabled": True, "bank": "unsafe", "strength": 0.5}],
         [{"enabled": True, "bank": "unsafe", "mode": "odds", "reference_bank": "generic", "prior": 0.2}],
         [True, "unsafe", "nudity (SD 1.x)", "paper", 0.5],
-        SafeDenoiserArgs(enabled=True, bank="b", mode="constant", strength=2.0).as_positional(),
+        ScriptArgs(SafeDenoiserArgs(enabled=True, bank="b", mode="constant", strength=2.0, smoothing=0.5),
+                   ConceptArgs()).as_positional(),
     ]
     for args in good:
         assert validator_accepts(args) and schema_accepts(args)

@@ -25,6 +25,7 @@ SLIDERS = {
     "prior": (0.001, 0.999, 0.001),
     "bandwidth": (0.05, 30.0, 0.05),
     "gate_margin": (0.0, 10.0, 0.05),
+    "smoothing": (0.0, 3.0, 0.05),
 }
 """(minimum, maximum, step): the windows span the whole timeline and the prior its open interval in
 steps of 0.001; the others start at their smallest valid value and reach past every preset."""
@@ -129,7 +130,7 @@ def test_events_do_what_their_elements_say(script, glue, is_img2img):
     demo, components, config, by_id, elements = build(script, is_img2img)
     tab = "img2img" if is_img2img else "txt2img"
     ident = {c["props"].get("elem_id"): c["id"] for c in config["components"]}
-    field = {name: components[i]._id for i, name in enumerate(FIELD_NAMES)}
+    field = {name: components[i]._id for i, name in enumerate(SCRIPT_FIELD_NAMES)}
     summary = next(c["id"] for c in config["components"] if c["type"] == "markdown")
     events = {(tuple(d["targets"]), d["trigger"]): (d, demo.fns[i]) for i, d in enumerate(config["dependencies"])}
 

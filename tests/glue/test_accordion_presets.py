@@ -20,7 +20,8 @@ SCRIPT_JS = Path(__file__).resolve().parents[2] / "javascript" / "safe_denoiser.
 VALUES = [f for f in FIELD_NAMES if f not in ("enabled", "preset")]
 """What a preset holds, in the order the argument model lists the fields."""
 MINE = {"bank": ["unsafe"], "mode": "odds", "strength": 0.7, "window_start": 0.1, "window_end": 0.6,
-        "reference_bank": "reference", "prior": 0.2, "bandwidth": 2.5, "gate": False, "gate_margin": 1.2}
+        "reference_bank": "reference", "prior": 0.2, "bandwidth": 2.5, "gate": False, "gate_margin": 1.2,
+        "smoothing": 0.4}
 """alice's own recipe: every value differs from the defaults and from every built-in preset."""
 
 

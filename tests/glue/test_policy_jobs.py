@@ -226,7 +226,7 @@ def test_an_unreadable_policy_refuses_every_job(script, glue, policy):
 # ------------------------------------------------------------------------------------ users
 def test_two_users_never_see_each_others_presets(script, glue, policy, users):
     alice, bob = glue.current_user("alice"), glue.current_user("bob")
-    values = [["unsafe"], "constant", 1.0, 0.0, 1.0, "", 0.1, 3.15, True, 1.6]
+    values = [["unsafe"], "constant", 1.0, 0.0, 1.0, "", 0.1, 3.15, True, 1.6, 0.0]
     status, _ = glue.PANEL.save("my faces", False, values, alice)
     assert status == "Saved 'my faces' (personal)."
     assert "my faces" in glue.PANEL.choices(alice) and "my faces" not in glue.PANEL.choices(bob)
@@ -248,7 +248,7 @@ def test_two_users_never_see_each_others_presets(script, glue, policy, users):
 
 def test_operator_only_actions_are_refused_to_users_and_change_nothing(glue, policy, users):
     bob, root = glue.current_user("bob"), glue.current_user("root")
-    values = [[], "constant", 1.0, 0.0, 1.0, "", 0.1, 3.15, True, 1.6]
+    values = [[], "constant", 1.0, 0.0, 1.0, "", 0.1, 3.15, True, 1.6, 0.0]
     status, _ = glue.PANEL.save("everyone", True, values, bob)
     assert status.startswith("Not saved: only operators may change global presets")
     assert glue.PANEL.delete("house", bob)[0].startswith("Not deleted: only operators")
@@ -258,7 +258,7 @@ def test_operator_only_actions_are_refused_to_users_and_change_nothing(glue, pol
 
 def test_the_default_preset_and_the_hidden_accordion_follow_the_user(script, glue, policy, users):
     alice = glue.current_user("alice")
-    glue.PANEL.save("mine", False, [["unsafe"], "odds", 0.7, 0.1, 0.6, "reference", 0.2, 3.15, True, 1.6], alice)
+    glue.PANEL.save("mine", False, [["unsafe"], "odds", 0.7, 0.1, 0.6, "reference", 0.2, 3.15, True, 1.6, 0.0], alice)
     assert glue.PANEL.set_default("mine", alice) == "Your default is now 'mine' (personal)."
     status, updates = glue.PANEL.load(glue.PANEL.default(alice).name, alice)
     loaded = {f: u["value"] for f, u in zip(VALUE_FIELDS, updates, strict=True)}
@@ -302,14 +302,15 @@ def test_the_page_load_event_loads_the_default_and_hides_the_accordion(script, g
     (index,) = [i for i, d in enumerate(config["dependencies"]) if d["targets"] == [button]]
     load = demo.fns[index].fn
     alice = glue.current_user("alice")
-    glue.PANEL.save("mine", False, [["unsafe"], "constant", 0.7, 0.1, 0.6, "", 0.2, 3.15, True, 1.6], alice)
+    glue.PANEL.save("mine", False, [["unsafe"], "constant", 0.7, 0.1, 0.6, "", 0.2, 3.15, True, 1.6, 0.0], alice)
     glue.PANEL.set_default("mine", alice)
 
     visible, dropdown, status, *values = load(gr.Request(username="alice"))
     assert visible == gr.update(visible=True) and dropdown["value"] == "mine" and "mine" in dropdown["choices"]
     assert status == "Loaded 'mine' (personal)." and values[VALUE_FIELDS.index("strength")]["value"] == 0.7
     visible, dropdown, status, *values = load(gr.Request(username="bob"))
-    assert "value" not in dropdown and "mine" not in dropdown["choices"] and values == [gr.update()] * 10
+    assert "value" not in dropdown and "mine" not in dropdown["choices"]
+    assert values == [gr.update()] * len(VALUE_FIELDS)
     assert status == "Your presets are yours alone; signed in as 'bob'."
 
     policy(enforce=True, preset="house", hide_accordion=True)

@@ -93,14 +93,17 @@ def test_xyz_axes_registered_and_applied(glue):
     labels = [a.label for a in xyz.axis_options]
     assert labels == ["[Safe Denoiser] Enabled", "[Safe Denoiser] Strength", "[Safe Denoiser] Bank",
                       "[Safe Denoiser] Mode", "[Safe Denoiser] Window start", "[Safe Denoiser] Window end",
-                      "[Safe Denoiser] Concepts", "[Safe Denoiser] Concept eta", "[Safe Denoiser] Concept gamma"]
+                      "[Safe Denoiser] Bandwidth floor", "[Safe Denoiser] Concepts", "[Safe Denoiser] Concept eta",
+                      "[Safe Denoiser] Concept gamma"]
     p = types.SimpleNamespace()
     by_label = {a.label: a for a in xyz.axis_options}
     by_label["[Safe Denoiser] Strength"].apply(p, 0.7, [])
     by_label["[Safe Denoiser] Mode"].apply(p, "odds", [])
     by_label["[Safe Denoiser] Enabled"].apply(p, "True", [])
     by_label["[Safe Denoiser] Concept gamma"].apply(p, 40.0, [])
-    assert getattr(p, glue.XYZ_ATTR) == {"strength": 0.7, "mode": "odds", "enabled": True, "concept_gamma": 40.0}
+    by_label["[Safe Denoiser] Bandwidth floor"].apply(p, "0.5", [])
+    assert getattr(p, glue.XYZ_ATTR) == {"strength": 0.7, "mode": "odds", "enabled": True, "concept_gamma": 40.0,
+                                         "smoothing": 0.5}
     assert "unsafe" in by_label["[Safe Denoiser] Bank"].choices()
 
 

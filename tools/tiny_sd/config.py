@@ -10,6 +10,9 @@ YAML_TEMPLATE = HERE / "tiny-digits-sd15.yaml"
 CACHE_DIR = Path(os.environ.get("SD_SAFE_DENOISER_CACHE", Path.home() / ".cache" / "sd-webui-safe-denoiser"))
 CHECKPOINT_NAME = "tiny-digits-sd15.safetensors"
 CHECKPOINT = CACHE_DIR / CHECKPOINT_NAME
+V_CHECKPOINT_NAME = "tiny-digits-sd15-v.safetensors"
+"""The v-prediction variant (``train --prediction v``): the same data, VAE and UNet, trained to predict v."""
+PREDICTIONS = {"eps": CHECKPOINT_NAME, "v": V_CHECKPOINT_NAME}
 
 IMAGE_SIZE = 64
 """Pixels per side: the 8x8 digits upscaled 8x, so the 8x down-sampling VAE gives 4x8x8 latents."""

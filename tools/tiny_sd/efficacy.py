@@ -32,6 +32,8 @@ BANK_SIZE = 30
 STEPS = 16
 CFG_SCALE = 3.0
 SEED = 100_000
+FLOOR_SEED = 900_000
+"""Where the noise-floor run's seeds start: far from SEED.., so its pictures are other draws of the same model."""
 IMG2IMG_DENOISE = 0.75
 HIRES_DENOISE = 0.6
 CHUNK = 25
@@ -74,15 +76,17 @@ class Client:
     def loaded_checkpoint(self) -> str:
         return str(self.call("GET", "/sdapi/v1/options")[0].get("sd_model_checkpoint", ""))
 
-    def select_checkpoint(self) -> str:
-        """Load the tiny digits checkpoint if the WebUI lists it; its title, or a WebUIError saying what is missing."""
-        if CHECKPOINT_NAME.rsplit(".", 1)[0] in self.loaded_checkpoint():
+    def select_checkpoint(self, name: str = CHECKPOINT_NAME) -> str:
+        """Load the checkpoint file ``name`` (the tiny digits one by default) if the WebUI lists it; its title, or a
+        WebUIError saying what is missing."""
+        stem = name.rsplit(".", 1)[0]
+        if self.loaded_checkpoint().split(" ")[0].rsplit(".", 1)[0] == stem:
             return self.loaded_checkpoint()
         self.call("POST", "/sdapi/v1/refresh-checkpoints")
         titles = [m["title"] for m in self.call("GET", "/sdapi/v1/sd-models")[0]]
-        match = [t for t in titles if CHECKPOINT_NAME in t]
+        match = [t for t in titles if t.split(" ")[0] == name]
         if not match:
-            raise WebUIError(f"the WebUI does not list {CHECKPOINT_NAME} (has: {titles}); copy it and its .yaml "
+            raise WebUIError(f"the WebUI does not list {name} (has: {titles}); copy it and its .yaml "
                              "into models/Stable-diffusion/ (docs/efficacy.md)")
         self.call("POST", "/sdapi/v1/options", {"sd_model_checkpoint": match[0]})
         return match[0]
@@ -180,8 +184,8 @@ def centre_mask() -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def requests_for(row: Row, n: int, inits: torch.Tensor | None = None) -> list[dict[str, Any]]:
-    """The requests that make ``n`` images for a row (seeds SEED.. ; img2img: one init image per chunk)."""
+def requests_for(row: Row, n: int, inits: torch.Tensor | None = None, seed: int = SEED) -> list[dict[str, Any]]:
+    """The requests that make ``n`` images for a row (seeds ``seed``.. ; img2img: one init image per chunk)."""
     base = {"prompt": row.prompt, "negative_prompt": "", "steps": STEPS, "cfg_scale": CFG_SCALE,
             "width": IMAGE_SIZE, "height": IMAGE_SIZE, "batch_size": row.batch_size, "do_not_save_grid": True,
             "save_images": False, "send_images": True, **row.fields}
@@ -193,7 +197,7 @@ def requests_for(row: Row, n: int, inits: torch.Tensor | None = None) -> list[di
     out, done = [], 0
     while done < n:
         size = min(chunk, n - done)
-        req = {**base, "seed": SEED + done, "n_iter": max(1, size // row.batch_size)}
+        req = {**base, "seed": seed + done, "n_iter": max(1, size // row.batch_size)}
         if row.init:
             req["init_images"] = pictures_b64(inits[len(out) % len(inits)].unsqueeze(0))
             if row.mask:
@@ -223,6 +227,12 @@ class Cell:
     steered_s: float
     negated_steered: list[bytes] = field(default_factory=list)
     """The steered pictures read as the negated digit: look at what remains (``contact_sheet``)."""
+    plain_labels: np.ndarray | None = None
+    steered_labels: np.ndarray | None = None
+    """Per picture, in seed order: the same index is the same seed plain and steered."""
+    floor: np.ndarray | None = None
+    """Class shares of a second plain run from other seeds (``FLOOR_SEED``..): how far two plain runs of N
+    differ by chance."""
 
     @property
     def share_plain(self) -> float:
@@ -243,6 +253,23 @@ class Cell:
         return total_variation(without_class(self.steered, self.digit), without_class(self.plain, self.digit))
 
     @property
+    def others_changed(self) -> float:
+        """Of the pictures that were not the negated digit plain, the share read as another digit steered: what
+        the correction did to the rest, apart from where the removed pictures went."""
+        if self.plain_labels is None or self.steered_labels is None:
+            return float("nan")
+        rest = self.plain_labels != self.digit
+        return float((self.steered_labels[rest] != self.plain_labels[rest]).mean()) if rest.any() else float("nan")
+
+    @property
+    def tv_floor(self) -> float:
+        """TV of the other digits between the plain run and the floor run: the chance level of ``tv_others``'s
+        unpaired form at this N (nan without a floor run)."""
+        if self.floor is None:
+            return float("nan")
+        return total_variation(without_class(self.floor, self.digit), without_class(self.plain, self.digit))
+
+    @property
     def time_ratio(self) -> float:
         return self.steered_s / self.plain_s
 
@@ -256,8 +283,9 @@ def generate(client: Client, endpoint: str, req: dict[str, Any], expect: int) ->
 
 
 def run_cell(client: Client, reader: DigitReader, banks: Banks, row: Row, mode: str, n: int,
-             overrides: dict[str, Any] | None = None) -> Cell:
-    """The same requests without and with the correction, alternating; the pictures read as digits."""
+             overrides: dict[str, Any] | None = None, floor: bool = False) -> Cell:
+    """The same requests without and with the correction, alternating; the pictures read as digits. ``floor``
+    adds a plain run from other seeds (``Cell.tv_floor``)."""
     plain: list[bytes] = []
     steered: list[bytes] = []
     times = [0.0, 0.0]
@@ -271,7 +299,13 @@ def run_cell(client: Client, reader: DigitReader, banks: Banks, row: Row, mode: 
     labels = [reader.read_pictures(imgs) for imgs in (plain, steered)]
     hist = [class_histogram(lab) for lab in labels]
     remaining = [pic for pic, label in zip(steered, labels[1].tolist(), strict=True) if label == banks.digit]
-    return Cell(row.name, mode, len(plain), banks.digit, hist[0], hist[1], times[0], times[1], remaining)
+    other = None
+    if floor:
+        reqs = requests_for(row, n, banks.inits, seed=FLOOR_SEED)
+        pics = [img for req in reqs for img in generate(client, row.endpoint, req, req["n_iter"] * row.batch_size)[0]]
+        other = class_histogram(reader.read_pictures(pics))
+    return Cell(row.name, mode, len(plain), banks.digit, hist[0], hist[1], times[0], times[1], remaining,
+                labels[0].numpy(), labels[1].numpy(), other)
 
 
 def contact_sheet(pictures: list[bytes], size: int = 2 * IMAGE_SIZE) -> Image.Image:

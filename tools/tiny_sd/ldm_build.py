@@ -22,8 +22,24 @@ def import_ldm(webui: Path) -> None:
         sys.path.insert(0, str(repo))
 
 
-def build_model(webui: Path, yaml_path: Path, seed: int) -> torch.nn.Module:
-    """The LatentDiffusion of ``yaml_path`` with seeded random weights (the text encoder keeps them)."""
+def model_yaml(template: Path, prediction: str) -> str:
+    """The checkpoint's yaml: the template, with ldm's ``parameterization: "v"`` for a v-prediction model (the
+    WebUI then wraps it in its v denoisers, as it does SD 2.x v models)."""
+    text = template.read_text()
+    if prediction == "eps":
+        return text
+    if prediction != "v":
+        raise ValueError(f"prediction must be 'eps' or 'v', not {prediction!r}")
+    head, sep, tail = text.partition("\n  params:\n")
+    if not sep:
+        raise ValueError(f"{template} has no model params block")
+    head = head.replace("eps-prediction", "v-prediction").replace(
+        "as an ordinary SD 1.x model", "as a v-prediction SD 1.x model")
+    return head + sep + '    parameterization: "v"\n' + tail
+
+
+def build_model(webui: Path, yaml_text: str, seed: int) -> torch.nn.Module:
+    """The LatentDiffusion of the yaml ``yaml_text`` with seeded random weights (the text encoder keeps them)."""
     import_ldm(webui)
     import ldm.modules.encoders.modules as encoders
     from ldm.util import instantiate_from_config
@@ -33,7 +49,7 @@ def build_model(webui: Path, yaml_path: Path, seed: int) -> torch.nn.Module:
     encoders.CLIPTextModel.from_pretrained = classmethod(
         lambda cls, name, *a, **k: CLIPTextModel(CLIPTextConfig.from_pretrained(name)))
     torch.manual_seed(seed)
-    model = instantiate_from_config(OmegaConf.load(yaml_path).model)
+    model = instantiate_from_config(OmegaConf.create(yaml_text).model)
     return model.float().eval()
 
 

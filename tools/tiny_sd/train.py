@@ -15,7 +15,6 @@ import argparse
 import copy
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from lib_safe_denoiser.banks.files import atomic_write_bytes
 from lib_safe_denoiser.demo.data import load_split
 from tools.tiny_sd import config as C
 from tools.tiny_sd.digits64 import DigitReader, upscale
-from tools.tiny_sd.ldm_build import build_model, encode_prompts
+from tools.tiny_sd.ldm_build import build_model, encode_prompts, model_yaml
 
 EMA_DECAY = 0.995
 WARMUP_STEPS = 50
@@ -98,7 +97,8 @@ class Ema:
 
 def train_unet(model: torch.nn.Module, latents: torch.Tensor, labels: torch.Tensor, contexts: torch.Tensor,
                steps: int, gen: torch.Generator) -> tuple[torch.nn.Module, float]:
-    """eps-prediction on the model's own DDPM schedule; contexts[0..9] digit prompts, [10] generic, [11] empty."""
+    """eps- or v-prediction (``model.parameterization``) on the model's own DDPM schedule; contexts[0..9] digit
+    prompts, [10] generic, [11] empty. v = sqrt(a) eps - sqrt(1 - a) x0, ldm's own definition."""
     unet = model.model.diffusion_model
     ema = Ema(unet)
     opt = torch.optim.AdamW(unet.requires_grad_(True).parameters(), lr=C.UNET_LR, weight_decay=0.0)
@@ -116,7 +116,9 @@ def train_unet(model: torch.nn.Module, latents: torch.Tensor, labels: torch.Tens
         t = torch.randint(model.num_timesteps, (C.UNET_BATCH,), generator=gen)
         eps = torch.randn(x0.shape, generator=gen)
         x_t = sqrt_a[t].view(-1, 1, 1, 1) * x0 + sqrt_1ma[t].view(-1, 1, 1, 1) * eps
-        loss = F.mse_loss(unet(x_t, t, context=contexts[y]), eps)
+        a, b = sqrt_a[t].view(-1, 1, 1, 1), sqrt_1ma[t].view(-1, 1, 1, 1)
+        target = a * eps - b * x0 if model.parameterization == "v" else eps
+        loss = F.mse_loss(unet(x_t, t, context=contexts[y]), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -131,16 +133,21 @@ def train_unet(model: torch.nn.Module, latents: torch.Tensor, labels: torch.Tens
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--webui", type=Path, required=True, help="a WebUI v1.10.x install (its repositories/ folder)")
-    ap.add_argument("--out", type=Path, default=C.CHECKPOINT, help="the .safetensors to write (the .yaml goes beside)")
+    ap.add_argument("--prediction", choices=sorted(C.PREDICTIONS), default="eps",
+                    help="what the UNet predicts: eps (SD 1.x) or v (as SD 2.x v models; its yaml says so)")
+    ap.add_argument("--out", type=Path, help="the .safetensors to write (the .yaml goes beside); default: "
+                    f"{C.CACHE_DIR}/{C.CHECKPOINT_NAME}, or {C.V_CHECKPOINT_NAME} for v")
     ap.add_argument("--vae-steps", type=int, default=C.VAE_STEPS)
     ap.add_argument("--unet-steps", type=int, default=C.UNET_STEPS)
     args = ap.parse_args(argv)
+    out: Path = args.out or C.CACHE_DIR / C.PREDICTIONS[args.prediction]
+    yaml_text = model_yaml(C.YAML_TEMPLATE, args.prediction)
 
     torch.set_num_threads(C.THREADS)
     torch.manual_seed(C.SEED)
     gen = torch.Generator().manual_seed(C.SEED)
     began = time.time()
-    model = build_model(args.webui, C.YAML_TEMPLATE, C.SEED)
+    model = build_model(args.webui, yaml_text, C.SEED)
     train, heldout = load_split()
     images = upscale(train.images)
     vae = model.first_stage_model
@@ -160,17 +167,18 @@ def main(argv: list[str] | None = None) -> None:
     ema_unet, unet_loss = train_unet(model, latents, train.labels, contexts, args.unet_steps, gen)
     model.model.diffusion_model.load_state_dict(ema_unet.state_dict())
 
-    summary = {"vae_steps": args.vae_steps, "unet_steps": args.unet_steps, "vae_mse": round(vae_mse, 6),
+    summary = {"prediction": args.prediction, "vae_steps": args.vae_steps, "unet_steps": args.unet_steps,
+               "vae_mse": round(vae_mse, 6),
                "unet_loss": round(unet_loss, 5), "latent_channel_mean": [round(float(v), 4) for v in m],
                "latent_channel_std": [round(float(v), 4) for v in s], "vae_heldout_accuracy": round(vae_acc, 4),
                "heldout_reader_accuracy": round(reader.accuracy(heldout), 4),
                "train_seconds": round(time.time() - began, 1)}
     state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(args.out, save(state, metadata={"tiny_sd": json.dumps(summary)}))
-    shutil.copyfile(C.YAML_TEMPLATE, args.out.with_suffix(".yaml"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, save(state, metadata={"tiny_sd": json.dumps(summary)}))
+    atomic_write_bytes(out.with_suffix(".yaml"), yaml_text.encode())
     print(json.dumps(summary))
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB) and {args.out.with_suffix('.yaml').name}")
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) and {out.with_suffix('.yaml').name}")
 
 
 if __name__ == "__main__":
