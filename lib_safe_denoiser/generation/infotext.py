@@ -83,11 +83,11 @@ def to_infotext(args: SafeDenoiserArgs, bank_hash: str, summary: TraceSummary | 
     if args.mode == "odds":
         out[KEY_REFERENCE] = args.reference_bank
         out[KEY_PRIOR] = format_number(args.prior)
-    if args.mode != "paper":
-        out[KEY_SMOOTHING] = format_number(args.smoothing)
     if args.mode == "paper":
         out[KEY_BANDWIDTH] = format_number(args.bandwidth)
         out[KEY_GATE] = format_number(args.gate_margin) if args.gate else "off"
+    else:  # the floor is the odds and constant modes' own
+        out[KEY_SMOOTHING] = format_number(args.smoothing)
     if summary is not None:
         out[KEY_ACTED] = f"{summary.acted_steps}/{summary.total_steps}"
         out[KEY_MAX_BETA] = format_number(summary.max_beta)

@@ -79,9 +79,9 @@ class Client:
     def select_checkpoint(self, name: str = CHECKPOINT_NAME) -> str:
         """Load the checkpoint file ``name`` (the tiny digits one by default) if the WebUI lists it; its title, or a
         WebUIError saying what is missing."""
-        stem = name.rsplit(".", 1)[0]
-        if self.loaded_checkpoint().split(" ")[0].rsplit(".", 1)[0] == stem:
-            return self.loaded_checkpoint()
+        loaded = self.loaded_checkpoint()
+        if loaded.split(" ")[0] == name:
+            return loaded
         self.call("POST", "/sdapi/v1/refresh-checkpoints")
         titles = [m["title"] for m in self.call("GET", "/sdapi/v1/sd-models")[0]]
         match = [t for t in titles if t.split(" ")[0] == name]
@@ -299,13 +299,17 @@ def run_cell(client: Client, reader: DigitReader, banks: Banks, row: Row, mode: 
     labels = [reader.read_pictures(imgs) for imgs in (plain, steered)]
     hist = [class_histogram(lab) for lab in labels]
     remaining = [pic for pic, label in zip(steered, labels[1].tolist(), strict=True) if label == banks.digit]
-    other = None
-    if floor:
-        reqs = requests_for(row, n, banks.inits, seed=FLOOR_SEED)
-        pics = [img for req in reqs for img in generate(client, row.endpoint, req, req["n_iter"] * row.batch_size)[0]]
-        other = class_histogram(reader.read_pictures(pics))
+    other = plain_histogram(client, reader, row, n, banks.inits, FLOOR_SEED) if floor else None
     return Cell(row.name, mode, len(plain), banks.digit, hist[0], hist[1], times[0], times[1], remaining,
                 labels[0].numpy(), labels[1].numpy(), other)
+
+
+def plain_histogram(client: Client, reader: DigitReader, row: Row, n: int, inits: torch.Tensor | None = None,
+                    seed: int = SEED) -> np.ndarray:
+    """Class shares of ``n`` plain images of a row from seeds ``seed``..: what the checkpoint samples there."""
+    pictures = [img for req in requests_for(row, n, inits, seed)
+                for img in generate(client, row.endpoint, req, req["n_iter"] * row.batch_size)[0]]
+    return class_histogram(reader.read_pictures(pictures))
 
 
 def contact_sheet(pictures: list[bytes], size: int = 2 * IMAGE_SIZE) -> Image.Image:
@@ -315,9 +319,3 @@ def contact_sheet(pictures: list[bytes], size: int = 2 * IMAGE_SIZE) -> Image.Im
         sheet.paste(Image.open(io.BytesIO(data)).convert("RGB").resize((size, size)), (i * size, 0))
     return sheet
 
-
-def generic_histogram(client: Client, reader: DigitReader, n: int, prompt: str = GENERIC_PROMPT) -> np.ndarray:
-    """Class shares of plain txt2img for a prompt (Euler a): what the checkpoint samples."""
-    row = Row("plain", fields={"sampler_name": "Euler a"}, prompt=prompt)
-    images = [img for req in requests_for(row, n) for img in generate(client, "txt2img", req, req["n_iter"])[0]]
-    return class_histogram(reader.read_pictures(images))
