@@ -132,7 +132,9 @@ def main(argv: list[str] | None = None) -> None:
                 out = generate(model, classifier, noise, steps=args.steps, safe=safe)
                 s = score(out, digit, base, safe_features)
                 rows.setdefault((mode, source), []).append(s | {"ratio": s["frechet_distance"] / base_fd})
-        print(f"  digit {digit} done ({time.perf_counter() - start:.0f}s)", flush=True)
+        shares = ", ".join(f"{mode} {source} {100 * float(runs[-1]['negated_share']):.2f}%"
+                           for (mode, source), runs in rows.items() if mode != "none")
+        print(f"  digit {digit} done ({time.perf_counter() - start:.0f}s): {shares}", flush=True)
 
     print(f"digits 8x8, negated digit(s) {','.join(map(str, digits))} (mean over them; 'max %': the worst digit), "
           f"negation set {args.bank_size} images (fewer where the held-out split has fewer)")

@@ -46,12 +46,12 @@ from benchmarks.official_reference import (  # noqa: E402
 from lib_safe_denoiser import SafeDenoiser, SafeDenoiserConfig  # noqa: E402
 from lib_safe_denoiser.core.carry import Carry  # noqa: E402
 
-SAMPLERS = ("euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_sde", "plms", "ddpm")
+SAMPLERS = ("euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_sde", "plms", "unipc", "ddpm")
 ETA = {"euler_a": 1.0, "dpmpp_sde": 1.0, "ddpm": 1.0}
 """The ancestral samplers' eta (the others: 0), as the glue reads it from the WebUI's sampler."""
 SECOND_ORDER = ("heun", "dpmpp_sde")
 CARRY = {"euler": "step", "euler_a": "step", "ddpm": "step", "heun": "heun", "dpmpp_sde": "midpoint",
-         "dpmpp_2m": "multistep", "plms": "plms"}
+         "dpmpp_2m": "multistep", "plms": "plms", "unipc": "unipc"}
 """What the glue carries each sampler as (the others: the prediction alone)."""
 NEGATED_DIGIT = 7
 BANK_SIZE = 60
@@ -180,7 +180,7 @@ def hooked(denoise, safe: SafeDenoiser, kind: str, sigmas: list[float], seed: in
             return out
         if second:
             return carry.second(d.flatten(1)).reshape(x.shape)
-        steps_left = sum(1 for s in sigmas if 0 < s <= sigma)
+        steps_left = sum(1 for s in sigmas if 0 < s <= sigma) - (kind == "unipc")  # UniPC ends at sigmas[-2]
         flat = d.flatten(1)
         return carry.first(x.flatten(1), sigma, flat, flat if out is d else out.flatten(1),
                            safe.last_diagnostics.acted, steps_left).reshape(x.shape)

@@ -138,9 +138,11 @@ def _ancestral(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float
 @torch.no_grad()
 def sample(kind: str, model: Model, x: torch.Tensor, sigmas: list[float], gen: torch.Generator,
            replace: Replace | None = None) -> torch.Tensor:
-    """k-diffusion's loops (Euler, Euler a, Heun, DPM++ 2M, DPM++ SDE), the WebUI's PLMS in the
+    """k-diffusion's loops (Euler, Euler a, Heun, DPM++ 2M, DPM++ SDE), the WebUI's PLMS and UniPC in the
     k-diffusion form and diffusers' DDPM step, from ``x`` at ``sigmas[0]``; ``replace`` acts at each
-    step's first model evaluation. ``gen`` draws the samplers' own noise."""
+    step's first model evaluation (UniPC: on each state it keeps). ``gen`` draws the samplers' own noise."""
+    if kind == "unipc":
+        return _unipc(model, x, sigmas, replace)
     history: list[torch.Tensor] = []
     for i in range(len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
@@ -225,3 +227,61 @@ def _ddpm(x, denoised, s, s_next, gen):
     var = (1 - a_next) / (1 - a) * beta
     vp = c0 * denoised + ct * math.sqrt(a) * x + math.sqrt(var) * torch.randn(x.shape, generator=gen, dtype=x.dtype)
     return vp / math.sqrt(a_next)
+
+
+def _unipc(model: Model, x: torch.Tensor, sigmas: list[float], replace: Replace | None, order: int = 3,
+           variant: str = "bh1") -> torch.Tensor:
+    """The WebUI's UniPC (modules/models/diffusion/uni_pc/uni_pc.py, as sd_samplers_timesteps_impl.unipc
+    runs it: multistep, data prediction, its default order 3, bh1 and lower order final) in the
+    k-diffusion form (x / alpha, lambda = -log sigma) over the positive ``sigmas``. Each step predicts,
+    calls the model there, and corrects its state with that prediction; the next step starts from the
+    corrected state and treats the prediction as its own. So the official replacement acts on the state
+    UniPC keeps (the start, then each corrected state) with the prediction it keeps, as on other samplers
+    on the state the model sees."""
+    levels = [s for s in sigmas if s > 0]
+    steps = len(levels) - 1
+    x, m = _first(model, replace, x, levels[0])
+    models, lambdas = [m], [-math.log(levels[0])]
+    for step in range(1, steps + 1):
+        step_order = min(order, step, steps + 1 - step)  # lower orders to start, and lower order final
+        x, m = _unipc_update(model, x, models, lambdas, levels[step], step_order, step < steps, variant)
+        if m is not None and replace is not None:
+            x, m = replace(x, levels[step], m)
+        models, lambdas = (models + [m])[-order:], (lambdas + [-math.log(levels[step])])[-order:]
+    return x
+
+
+def _unipc_update(model: Model, x: torch.Tensor, models: list[torch.Tensor], lambdas: list[float], s_t: float,
+                  order: int, corrector: bool, variant: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """multistep_uni_pc_bh_update with predict_x0, divided by alpha_t (so sigma_t / sigma_prev * x becomes
+    exp(-h) * x and alpha_t * B(h) becomes B(h))."""
+    m0, lambda_0 = models[-1], lambdas[-1]
+    h = -math.log(s_t) - lambda_0
+    rks, d1s = [], []
+    for i in range(1, order):
+        rk = (lambdas[-(i + 1)] - lambda_0) / h
+        rks.append(rk)
+        d1s.append((models[-(i + 1)] - m0) / rk)
+    rks.append(1.0)
+    hh = -h
+    h_phi_1 = math.expm1(hh)
+    h_phi_k = h_phi_1 / hh - 1
+    b_h = hh if variant == "bh1" else math.expm1(hh)
+    rows, b, factorial = [], [], 1
+    for i in range(1, order + 1):
+        rows.append([rk ** (i - 1) for rk in rks])
+        b.append(h_phi_k * factorial / b_h)
+        factorial *= i + 1
+        h_phi_k = h_phi_k / hh - 1 / factorial
+    r_mat, b_vec = torch.tensor(rows, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    x_base = math.exp(-h) * x - h_phi_1 * m0
+    x_t = x_base
+    if d1s:
+        rhos_p = [0.5] if order == 2 else torch.linalg.solve(r_mat[:-1, :-1], b_vec[:-1]).tolist()
+        x_t = x_base - b_h * sum(r * d for r, d in zip(rhos_p, d1s, strict=True))
+    if not corrector:
+        return x_t, None
+    rhos_c = [0.5] if order == 1 else torch.linalg.solve(r_mat, b_vec).tolist()
+    m_t = model(x_t, s_t)
+    corr = sum(r * d for r, d in zip(rhos_c[:-1], d1s, strict=True)) if d1s else 0.0
+    return x_base - b_h * (corr + rhos_c[-1] * (m_t - m0)), m_t

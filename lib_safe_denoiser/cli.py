@@ -21,14 +21,10 @@ from tqdm import tqdm
 from lib_safe_denoiser.banks.archive import LATENT_MODES
 from lib_safe_denoiser.banks.images import DEFAULT_RESIZE, RESIZE_POLICIES
 from lib_safe_denoiser.banks.inputs import IMAGE_EXTENSIONS, find_images, validate_tags
-from lib_safe_denoiser.banks.model_samples import (
-    GENERIC_PROMPTS,
-    MODEL_SAMPLES_TAG,
-    SampleRequest,
-    http_poster,
-    make_reference,
-)
+from lib_safe_denoiser.banks.model_samples import GENERIC_PROMPTS, MODEL_SAMPLES_TAG, SampleRequest, make_reference
 from lib_safe_denoiser.banks.store import GC_GRACE_S, AddReport, BankStore
+from lib_safe_denoiser.banks.variations import VARIATIONS_TAG, VariationRequest, make_variations
+from lib_safe_denoiser.banks.webui_http import WebUIHttp
 from lib_safe_denoiser.errors import BankError, SafeDenoiserError
 
 DATA_DIR_ENV = "SD_WEBUI_DATA_DIR"
@@ -154,9 +150,7 @@ def _add_bank_commands(commands: argparse._SubParsersAction) -> None:
         f"bank tagged '{MODEL_SAMPLES_TAG}' through its /safe-denoiser/v1 routes. Use it as the odds mode's "
         "reference bank: a job removes from it the samples that resemble its negation banks.")
     sample.add_argument("name", help="name of the new bank")
-    sample.add_argument("--url", default="http://127.0.0.1:7860", help="the WebUI (default: http://127.0.0.1:7860)")
-    sample.add_argument("--login", default=os.environ.get("SD_WEBUI_LOGIN"),
-                        help="user:password for --api-auth (default: $SD_WEBUI_LOGIN)")
+    _webui_arguments(sample)
     sample.add_argument("--count", type=_positive_int, default=SampleRequest.count,
                         help=f"samples to make (default: {SampleRequest.count})")
     sample.add_argument("--prompt", action="append", dest="prompts", metavar="TEXT",
@@ -170,6 +164,30 @@ def _add_bank_commands(commands: argparse._SubParsersAction) -> None:
     sample.add_argument("--seed", type=int, default=SampleRequest.seed)
     sample.add_argument("--shared", action="store_true", help="share the bank with every user (operators only)")
     sample.set_defaults(handler=_bank_sample)
+
+    vary = sub.add_parser(
+        "vary", help="make a bank of model-made variations of a bank's images through a running WebUI",
+        description="Asks the WebUI's /sdapi/v1/img2img for variations of every image of SOURCE and stores them as "
+        f"the new bank NAME, tagged '{VARIATIONS_TAG}'. Select it beside SOURCE: a small bank then stands for more "
+        "of its concept than its own images.")
+    vary.add_argument("source", help="the bank whose images are varied")
+    vary.add_argument("name", help="name of the new bank")
+    _webui_arguments(vary)
+    vary.add_argument("--per-image", type=_positive_int, default=VariationRequest.per_image,
+                      help=f"variations of each image (default: {VariationRequest.per_image})")
+    vary.add_argument("--denoising", type=float, default=VariationRequest.denoising,
+                      help=f"img2img denoising strength: how far a variation may go (default: "
+                      f"{VariationRequest.denoising})")
+    vary.add_argument("--prompt", default="", help="what the images show, so the variations stay in it")
+    vary.add_argument("--negative-prompt", default="")
+    vary.add_argument("--width", type=_positive_int, default=VariationRequest.width)
+    vary.add_argument("--height", type=_positive_int, default=VariationRequest.height)
+    vary.add_argument("--steps", type=_positive_int, default=VariationRequest.steps)
+    vary.add_argument("--sampler", default=VariationRequest.sampler)
+    vary.add_argument("--cfg-scale", type=float, default=VariationRequest.cfg_scale)
+    vary.add_argument("--seed", type=int, default=VariationRequest.seed)
+    vary.add_argument("--shared", action="store_true", help="share the bank with every user (operators only)")
+    vary.set_defaults(handler=_bank_vary)
 
     gc = sub.add_parser("gc", parents=[common], help="free disk space no bank uses any more")
     gc.add_argument(
@@ -279,16 +297,40 @@ def _bank_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def _webui_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default="http://127.0.0.1:7860", help="the WebUI (default: http://127.0.0.1:7860)")
+    parser.add_argument("--login", default=os.environ.get("SD_WEBUI_LOGIN"),
+                        help="user:password for --api-auth (default: $SD_WEBUI_LOGIN)")
+
+
 def _bank_sample(args: argparse.Namespace) -> int:
     request = SampleRequest(count=args.count, prompts=tuple(args.prompts or GENERIC_PROMPTS), width=args.width,
                             height=args.height, steps=args.steps, sampler=args.sampler, cfg_scale=args.cfg_scale,
                             batch_size=args.batch_size, seed=args.seed)
     with tqdm(total=request.count, desc=f"sampling {args.name}", unit="img") as bar:
-        result = make_reference(http_poster(args.url, args.login), args.name, request, shared=args.shared,
+        result = make_reference(WebUIHttp(args.url, args.login).post, args.name, request, shared=args.shared,
                                 progress=lambda done, _total: bar.update(done - bar.n))
+    return _made(result, "samples")
+
+
+def _bank_vary(args: argparse.Namespace) -> int:
+    request = VariationRequest(per_image=args.per_image, denoising=args.denoising, prompt=args.prompt,
+                               negative_prompt=args.negative_prompt, width=args.width, height=args.height,
+                               steps=args.steps, sampler=args.sampler, cfg_scale=args.cfg_scale, seed=args.seed)
+    with tqdm(desc=f"varying {args.source} into {args.name}", unit="img") as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        result = make_variations(WebUIHttp(args.url, args.login), args.source, args.name, request,
+                                 shared=args.shared, progress=progress)
+    return _made(result, "variations")
+
+
+def _made(result: dict, unit: str) -> int:
     for line in result["skipped"]:
         print(f"skipped {line}")
-    print(f"{args.name}: {result['images']} samples stored")
+    print(f"{result['bank']}: {result['images']} {unit} stored")
     return 0 if result["images"] else 1
 
 

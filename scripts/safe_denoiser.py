@@ -122,18 +122,26 @@ def on_cfg_denoiser(params: script_callbacks.CFGDenoiserParams, job: Job, denois
 
 
 CARRIED = {"sample_euler": "step", "sample_euler_ancestral": "step", "ddim": "step", "sample_heun": "heun",
-           "sample_dpmpp_sde": "midpoint", "sample_dpmpp_2m": "multistep", "plms": "plms"}
+           "sample_dpmpp_sde": "midpoint", "sample_dpmpp_2m": "multistep", "plms": "plms", "unipc": "unipc"}
 """The WebUI's sampler functions the paper mode's carry supports (lib_safe_denoiser/core/carry.py)."""
 
 
-def _sampler_carry(denoiser: Any) -> tuple[str | None, float, int]:
-    """(carry kind, ancestral eta, seed) of the pass's sampler: eta only where its function takes one
-    (the WebUI sets ``sampler.eta`` for every sampler), the batch's first seed for the re-noising noise."""
+def _sampler_carry(denoiser: Any) -> tuple[str | None, float, int, tuple[int, str, bool]]:
+    """(carry kind, ancestral eta, seed, UniPC settings) of the pass's sampler: eta only where its function
+    takes one (the WebUI sets ``sampler.eta`` for every sampler), the batch's first seed for the re-noising
+    noise, and UniPC's order, variant and lower order final as the WebUI's settings run it (its
+    ``vary_coeff`` variant is not carried)."""
     sampler = denoiser.sampler
     takes_eta = "eta" in inspect.signature(sampler.func).parameters
     eta = float(sampler.eta or 0.0) if takes_eta else 0.0
     seeds = getattr(denoiser.p, "seeds", None) or [getattr(denoiser.p, "seed", 0)]  # this batch's seeds
-    return CARRIED.get(getattr(sampler.func, "__name__", "")), eta, int(seeds[0] or 0)
+    data = shared.opts.data
+    unipc = (int(data.get("uni_pc_order", 3)), str(data.get("uni_pc_variant", "bh1")),
+             bool(data.get("uni_pc_lower_order_final", True)))
+    kind = CARRIED.get(getattr(sampler.func, "__name__", ""))
+    if kind == "unipc" and (unipc[1] not in ("bh1", "bh2") or unipc[0] < 1):
+        kind = None
+    return kind, eta, int(seeds[0] or 0), unipc
 
 
 @_step_callback

@@ -11,14 +11,10 @@ the WebUI, with the caller's ``--api-auth`` login, and the bank is theirs like a
 
 from __future__ import annotations
 
-import base64
-import json
-import math
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from lib_safe_denoiser.banks.webui_http import TXT2IMG_PATH, BankWriter, Post, check_request
 from lib_safe_denoiser.errors import BankError
 
 MODEL_SAMPLES_TAG = "model-samples"
@@ -27,11 +23,6 @@ GENERIC_PROMPTS: tuple[str, ...] = (
     "a photo", "a painting", "a portrait of a person", "a landscape", "an animal", "a city street",
     "a room", "an illustration")
 """Prompts that ask for nothing in particular, so the samples cover what the model draws by itself."""
-BANKS_PATH = "/safe-denoiser/v1/banks"
-TXT2IMG_PATH = "/sdapi/v1/txt2img"
-
-Post = Callable[[str, dict], dict]
-"""(path, JSON body) -> the JSON answer; raises ``BankError`` naming the route and the server's detail."""
 
 
 @dataclass(frozen=True)
@@ -50,14 +41,9 @@ class SampleRequest:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("count", "width", "height", "steps", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise BankError(f"{name} must be a whole number >= 1, got {value!r}")
+        check_request(self, ("count", "width", "height", "steps", "batch_size"))
         if not self.prompts or not all(isinstance(p, str) for p in self.prompts):
             raise BankError("prompts must be a non-empty list of texts")
-        if not (isinstance(self.cfg_scale, (int, float)) and math.isfinite(self.cfg_scale)):
-            raise BankError(f"cfg_scale must be a number, got {self.cfg_scale!r}")
 
     def batches(self) -> list[dict]:
         """The txt2img bodies, in order: fixed seeds, so the same request makes the same bank."""
@@ -72,66 +58,25 @@ class SampleRequest:
         return out
 
 
-def http_poster(base_url: str, login: str | None = None, timeout: float = 3600.0) -> Post:
-    """A ``Post`` over HTTP to the WebUI at ``base_url``; ``login`` is ``user:password`` for ``--api-auth``."""
-    headers = {"Content-Type": "application/json"}
-    if login:
-        headers["Authorization"] = "Basic " + base64.b64encode(login.encode("utf-8")).decode("ascii")
-
-    def post(path: str, body: dict) -> dict:
-        req = urllib.request.Request(base_url.rstrip("/") + path, data=json.dumps(body).encode("utf-8"),
-                                     headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as answer:
-                return json.loads(answer.read() or b"{}")
-        except urllib.error.HTTPError as exc:
-            raise BankError(f"{path} answered HTTP {exc.code}: {_detail(exc.read())}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise BankError(f"cannot reach the WebUI at {base_url}: {getattr(exc, 'reason', exc)}") from None
-
-    return post
-
-
-def _detail(raw: bytes) -> str:
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return raw.decode("utf-8", "replace")[:300] or "(no detail)"
-    detail = data.get("detail", data) if isinstance(data, dict) else data
-    return detail if isinstance(detail, str) else json.dumps(detail)[:300]
-
-
 def make_reference(post: Post, bank: str, request: SampleRequest, *, description: str = "",
                    shared: bool = False, progress: Callable[[int, int], None] | None = None) -> dict:
     """Sample ``request`` through ``post`` and store the images as the new bank ``bank`` (tagged
     ``model-samples``): the first batch creates it, the next ones are added, so a failure half-way
     keeps what was made and says how much. Returns ``{"bank", "images", "skipped"}``."""
-    made = stored = 0
-    skipped: list[str] = []
-    created = False
+    made = 0
     text = description or f"{request.count} samples of the model for generic prompts (a reference for the odds mode)"
+    writer = BankWriter(post, bank, text, [MODEL_SAMPLES_TAG], shared)
     for body in request.batches():
         try:
             answer = post(TXT2IMG_PATH, body)
             images = answer.get("images") if isinstance(answer, dict) else None
             if not isinstance(images, list) or len(images) < body["batch_size"]:
                 raise BankError(f"{TXT2IMG_PATH} answered without the {body['batch_size']} images asked for")
-            files = [{"name": f"sample-{made + i:05d}.png", "data": data}
-                     for i, data in enumerate(images[: body["batch_size"]])]
-            if created:
-                report = post(f"{BANKS_PATH}/{bank}/images", {"images": files})
-            else:
-                report = post(BANKS_PATH, {"name": bank, "description": text, "tags": [MODEL_SAMPLES_TAG],
-                                           "shared": shared, "images": files})
-                created = True
+            writer.add([{"name": f"sample-{made + i:05d}.png", "data": data}
+                        for i, data in enumerate(images[: body["batch_size"]])])
         except BankError as exc:
-            kept = f"the bank {bank!r} keeps the {stored} samples stored so far" if created else "no bank was created"
-            raise BankError(f"{exc} ({kept})") from None
+            raise writer.failed(exc, "samples") from None
         made += body["batch_size"]
-        added = report.get("report", {}) if isinstance(report, dict) else {}
-        stored += len(added.get("added", []))
-        skipped += [f"{s.get('name')}: {s.get('reason')}" for s in added.get("skipped", [])]
-        skipped += [f"{name}: the same image as one already in the bank" for name in added.get("duplicates", [])]
         if progress is not None:
             progress(made, request.count)
-    return {"bank": bank, "images": stored, "skipped": skipped}
+    return writer.result()

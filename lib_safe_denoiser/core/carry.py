@@ -35,7 +35,7 @@ def ancestral_down(sigma: float, sigma_next: float, eta: float) -> float:
     return math.sqrt(sigma_next**2 - up**2)
 
 
-CARRY_KINDS: tuple[str, ...] = ("step", "heun", "midpoint", "multistep", "plms")
+CARRY_KINDS: tuple[str, ...] = ("step", "heun", "midpoint", "multistep", "plms", "unipc")
 """Samplers whose step the carry is exact for (to first order). ``step``: one model call per step
 (Euler, Euler a, DDIM, at any eta). ``heun``: Heun's two calls; the first call's carry moves the
 midpoint state by the whole displacement and the next state by half, the second call adds the rest.
@@ -47,12 +47,47 @@ official loop's state replacement also shifts the prediction it keeps, so each c
 up for what the previous change left in the extrapolation (a tail shrinking by q / (1 + q) per step).
 ``plms``: the WebUI's PLMS, a Heun-like first step (two calls) then Adams-Bashforth extrapolations
 of eps over up to four steps (``PLMS_COEFFICIENTS``); the replacement keeps eps, so each step's
-eps change cancels what the earlier ones leave in the extrapolation. UniPC and LMS are not carried
-(their correction changes the prediction alone)."""
+eps change cancels what the earlier ones leave in the extrapolation. ``unipc``: the WebUI's UniPC
+(``unipc_coefficients``), whose model call sits at a step's predicted state and whose prediction then
+both corrects that step's state and enters the next steps' extrapolations: each call's change is the
+one that puts the *next* predicted state (where the model looks next; after the last step, the result)
+where the official replacement of the kept states would, counting what earlier changes left in the
+state and the extrapolations. LMS is not carried (its correction changes the prediction alone)."""
 
 PLMS_COEFFICIENTS: tuple[tuple[float, ...], ...] = (
     (3 / 2, -1 / 2), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24))
 """The WebUI's PLMS eps extrapolation at its second, third and later steps, newest eps first."""
+
+
+def unipc_coefficients(lambdas: list[float], lambda_t: float, order: int, variant: str = "bh1",
+                       corrector: bool = True) -> tuple[float, list[float], float]:
+    """One step of the WebUI's UniPC (multistep, data prediction; ``variant`` bh1 or bh2) as the linear map
+    it is, in the k-diffusion form: the state it reaches at ``lambda_t`` (lambda = -log sigma) is
+    ``a * x + sum_j w_j * M_j + k * m_t``, with ``M`` the kept predictions at ``lambdas`` (newest first
+    in ``w``), ``m_t`` the prediction made at the step's predicted state and ``k`` its weight in the
+    corrected state (0 for the predicted state, ``corrector=False``). Returns (a, w, k)."""
+    h = lambda_t - lambdas[-1]
+    rks = [(lambdas[-(i + 1)] - lambdas[-1]) / h for i in range(1, order)] + [1.0]
+    hh = -h
+    h_phi_1 = math.expm1(hh)
+    h_phi_k = h_phi_1 / hh - 1
+    b_h = hh if variant == "bh1" else math.expm1(hh)
+    rows, b, factorial = [], [], 1
+    for i in range(1, order + 1):
+        rows.append([rk ** (i - 1) for rk in rks])
+        b.append(h_phi_k * factorial / b_h)
+        factorial *= i + 1
+        h_phi_k = h_phi_k / hh - 1 / factorial
+    r_mat, b_vec = torch.tensor(rows, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    if corrector:
+        rhos = [0.5] if order == 1 else torch.linalg.solve(r_mat, b_vec).tolist()
+    else:
+        rhos = ([0.5] if order == 2 else torch.linalg.solve(r_mat[:-1, :-1], b_vec[:-1]).tolist()) + [0.0] \
+            if order > 1 else [0.0]
+    # x_base = e^-h x - h_phi_1 M_0;  state = x_base - B(h) (sum_i rho_i (M_i - M_0) / r_i + rho_last (m_t - M_0))
+    w = [-h_phi_1 + b_h * (sum(r / rk for r, rk in zip(rhos[:-1], rks[:-1], strict=True)) + rhos[-1])]
+    w += [-b_h * r / rk for r, rk in zip(rhos[:-1], rks[:-1], strict=True)]
+    return math.exp(-h), w, -b_h * rhos[-1]
 
 
 class Carry:
@@ -62,20 +97,31 @@ class Carry:
     ``generator`` draws the re-noising noise, so a seeded pass is reproducible.
     """
 
-    def __init__(self, kind: str, eta: float = 0.0, generator: torch.Generator | None = None) -> None:
+    def __init__(self, kind: str, eta: float = 0.0, generator: torch.Generator | None = None,
+                 unipc: tuple[int, str, bool] = (3, "bh1", True)) -> None:
         if kind not in CARRY_KINDS:
             raise ValueError(f"kind must be one of {CARRY_KINDS}, got {kind!r}")
         if not eta >= 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
+        if unipc[0] < 1 or unipc[1] not in ("bh1", "bh2"):
+            raise ValueError(f"UniPC needs an order >= 1 and the variant bh1 or bh2, got {unipc}")
         self.kind = kind
         self.eta = eta
         self.generator = generator
+        self.unipc = unipc
+        """UniPC's (order, variant, lower order final), as the WebUI's settings run it."""
         self._previous: float | None = None
         self._next: float | None = None
         self._pending: torch.Tensor | None = None
         self._excess: torch.Tensor | None = None
         self._eps_changes: list[torch.Tensor] = []
         self._steps = 0
+        self._unipc_steps = 0
+        self._total = 0
+        self._lambdas: list[float] = []
+        self._kept_offsets: list[torch.Tensor] = []
+        self._predictions: list[torch.Tensor] = []
+        self._state_offset: torch.Tensor | None = None
 
     def factor(self, sigma: float, steps_left: int) -> float:
         """sigma / (sigma - sigma_down(next)) for the first model call of a step at noise level ``sigma``,
@@ -96,6 +142,8 @@ class Carry:
         the correction plus, on the rows where it acted, the swap of the model's noise for fresh noise,
         both times ``factor``. Tensors are [B, D] in the k-diffusion form, ``acted`` [B] bool. Called
         for every first call (also outside the window: it follows the schedule)."""
+        if self.kind == "unipc":
+            return self._unipc(x_t, sigma, denoised, corrected, acted, steps_left)
         factor = self.factor(sigma, steps_left)
         self._pending = None
         if self.kind == "multistep":
@@ -151,6 +199,73 @@ class Carry:
         eps_change = target / coefficients[0]
         self._eps_changes = [eps_change, *history][: len(PLMS_COEFFICIENTS[-1]) - 1]
         return denoised - sigma * eps_change
+
+    def _unipc(self, x_t: torch.Tensor, sigma: float, denoised: torch.Tensor, corrected: torch.Tensor,
+               acted: torch.Tensor, steps_left: int) -> torch.Tensor:
+        """UniPC: call i is at step i's predicted state (call 0 at the start). With D the official displacement
+        of the state kept at this noise level (and of the prediction kept with it), the change c solves
+
+            next predicted state's offset = a' * (this kept state's offset + k c) + w'_0 (c - D) + older = 0
+
+        where the offsets are ours minus the official loop's, linear in the changes (``unipc_coefficients``
+        for this step's corrector and the next step's predictor, the next noise level estimated as in
+        ``factor``). ``steps_left`` at the first call is the pass's step count."""
+        order, variant, lower_final = self.unipc
+        index, self._unipc_steps = self._unipc_steps, self._unipc_steps + 1
+        if index == 0:
+            self._total = steps_left
+        next_sigma = self._next_sigma(sigma, self._total + 1 - index)
+        lam = -math.log(sigma)
+        offsets = self._kept_offsets
+        if corrected is denoised and self._state_offset is None:  # nothing carried yet
+            self._lambdas = (self._lambdas + [lam])[-order:]
+            self._predictions = (self._predictions + [denoised])[-order:]
+            return denoised
+        zero = torch.zeros_like(denoised)
+        kept_state, k, state = x_t, 0.0, zero  # the start is the kept state: the official loop moves it
+        if index > 0:
+            step_order = self._order(index, order, lower_final)
+            a, w, k = unipc_coefficients(self._lambdas, lam, step_order, variant)
+            _, w_p, _ = unipc_coefficients(self._lambdas, lam, step_order, variant, corrector=False)
+            # the offset (ours - official) of the state UniPC would keep with the model's own prediction
+            state = a * (self._state_offset if self._state_offset is not None else zero)
+            for weight, offset in zip(w, reversed(offsets), strict=False):
+                state = state + weight * offset
+            # the official loop's kept state, which it re-noises: the state ours would keep, less that offset
+            kept_state = x_t + k * denoised - state
+            for c, p, kept in zip(w, w_p, reversed(self._predictions), strict=False):
+                kept_state = kept_state + (c - p) * kept
+        displacement = zero if corrected is denoised else \
+            self._displacement(kept_state, sigma, denoised, corrected, acted)
+        state = state - displacement
+        kept = (self._lambdas + [lam])[-order:]
+        if next_sigma is None or index + 1 > self._total:
+            change = displacement
+        else:
+            a2, w2, _ = unipc_coefficients(kept, -math.log(next_sigma), self._order(index + 1, order, lower_final),
+                                           variant, corrector=False)
+            rest = a2 * state - w2[0] * displacement
+            for weight, offset in zip(w2[1:], reversed(offsets), strict=False):
+                rest = rest + weight * offset
+            change = -rest / (a2 * k + w2[0])
+        self._state_offset = state + k * change
+        self._lambdas = kept
+        self._kept_offsets = (offsets + [change - displacement])[-order:]
+        self._predictions = (self._predictions + [denoised + change])[-order:]
+        return denoised + change
+
+    def _order(self, step: int, order: int, lower_final: bool) -> int:
+        """The order of UniPC's ``step`` (1-based): lower to start, and towards the end with lower order final."""
+        return max(1, min(order, step, self._total + 1 - step) if lower_final else min(order, step))
+
+    def _next_sigma(self, sigma: float, steps_left: int) -> float | None:
+        """The next noise level, estimated as ``factor`` does (for callers that need the level itself)."""
+        previous, self._previous = self._previous, sigma
+        if previous is not None and previous > sigma:
+            return sigma * sigma / previous
+        if sigma > SIGMA_FLOOR and steps_left > 1:
+            return sigma * (SIGMA_FLOOR / sigma) ** (1.0 / (steps_left - 1))
+        return None
 
     def _displacement(self, x_t: torch.Tensor, sigma: float, denoised: torch.Tensor, corrected: torch.Tensor,
                       acted: torch.Tensor) -> torch.Tensor:

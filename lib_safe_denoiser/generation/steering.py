@@ -43,17 +43,19 @@ class Steering:
         self.sampler_set = False
         trace.begin_pass()
 
-    def set_sampler(self, carry_kind: str | None, eta: float, seed: int) -> None:
+    def set_sampler(self, carry_kind: str | None, eta: float, seed: int,
+                    unipc: tuple[int, str, bool] = (3, "bh1", True)) -> None:
         """Tell the pass which sampler runs it (once, at its first model call): where the paper mode
         carries its correction (``config.carry``) and the carry supports the sampler (``carry_kind``
         one of core.carry.CARRY_KINDS, None where it does not), the correction is carried into the
-        state, with the sampler's ancestral ``eta`` and re-noising noise drawn from ``seed``."""
+        state, with the sampler's ancestral ``eta``, re-noising noise drawn from ``seed`` and, for
+        UniPC, its (order, variant, lower order final)."""
         self.sampler_set = True
         if self.safe is None:
             return
         cfg = self.safe.config
         if cfg.mode == "paper" and cfg.carry and carry_kind is not None:
-            self.carry = Carry(carry_kind, eta, torch.Generator().manual_seed(seed))
+            self.carry = Carry(carry_kind, eta, torch.Generator().manual_seed(seed), unipc=unipc)
 
     def capture(self, x_in: torch.Tensor, sigma_in: torch.Tensor, tick: int | None = None,
                 total: int | None = None, second: bool = False) -> None:

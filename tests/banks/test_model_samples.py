@@ -1,80 +1,17 @@
 """``bank sample``: a reference bank of the model's samples, made over real HTTP (uvicorn) from a FastAPI
-app holding the real bank routes behind --api-auth and a route shaped like the WebUI's txt2img."""
+app holding the real bank routes behind --api-auth and a route shaped like the WebUI's txt2img
+(``webui_server``)."""
 
 from __future__ import annotations
 
-import base64
-import io
 import socket
-import threading
-import time
 
-import numpy as np
 import pytest
-import uvicorn
-from fastapi import FastAPI, HTTPException
-from PIL import Image
 
 from lib_safe_denoiser.banks.model_samples import GENERIC_PROMPTS, MODEL_SAMPLES_TAG, SampleRequest
-from lib_safe_denoiser.banks.routes import BankApi, RouteSettings, build_router
-from lib_safe_denoiser.banks.store import BankStore
 from lib_safe_denoiser.cli import main
 from lib_safe_denoiser.errors import BankError
-
-TXT2IMG_FIELDS = {"prompt", "negative_prompt", "width", "height", "steps", "sampler_name", "cfg_scale", "batch_size",
-                  "n_iter", "seed", "send_images", "save_images"}
-
-
-def picture(seed: int, width: int, height: int) -> str:
-    """A base64 PNG, as the WebUI's API sends images: different for every seed."""
-    pixels = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-class WebUI:
-    """The app, served on a free local port; ``fail_at`` makes that txt2img call (1-based) answer 500."""
-
-    def __init__(self, root) -> None:
-        self.store = BankStore(root)
-        self.requests: list[dict] = []
-        self.fail_at = 0
-        app = FastAPI()
-
-        @app.post("/sdapi/v1/txt2img")
-        def txt2img(body: dict) -> dict:
-            self.requests.append(body)
-            assert set(body) == TXT2IMG_FIELDS
-            if len(self.requests) == self.fail_at:
-                raise HTTPException(500, "CUDA out of memory")
-            return {"images": [picture(body["seed"] + i, body["width"], body["height"])
-                               for i in range(body["batch_size"])], "parameters": body, "info": "{}"}
-
-        settings = RouteSettings(api_auth="alice:pw,bob:pw")
-        app.include_router(build_router(BankApi(self.store, encode=self._no_encode, settings=lambda: settings)))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the test server did not start"
-            time.sleep(0.02)
-
-    @staticmethod
-    def _no_encode(*_args, **_kwargs) -> dict:
-        raise AssertionError("making a reference bank encodes nothing")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+from tests.banks.webui_server import WebUI
 
 
 @pytest.fixture

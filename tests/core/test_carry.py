@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from lib_safe_denoiser.core.carry import CARRY_KINDS, SIGMA_FLOOR, Carry, ancestral_down
+from lib_safe_denoiser.core.carry import CARRY_KINDS, SIGMA_FLOOR, Carry, ancestral_down, unipc_coefficients
 
 
 @pytest.mark.parametrize("sigma, nxt, eta, down", [
@@ -111,13 +111,17 @@ def test_single_call_samplers_have_nothing_pending():
     assert carry.second(d) is d
 
 
-@pytest.mark.parametrize("kind, eta, message", [("dpmpp_2m", 0.0, "kind must be one of"),
-                                               ("step", -0.5, "eta must be >= 0"),
-                                               ("step", math.nan, "eta must be >= 0")])
-def test_bad_arguments_are_named(kind, eta, message):
+@pytest.mark.parametrize("kind, eta, unipc, message", [
+    ("dpmpp_2m", 0.0, (3, "bh1", True), "kind must be one of"),
+    ("step", -0.5, (3, "bh1", True), "eta must be >= 0"),
+    ("step", math.nan, (3, "bh1", True), "eta must be >= 0"),
+    ("unipc", 0.0, (3, "vary_coeff", True), "UniPC needs an order >= 1 and the variant bh1 or bh2"),
+    ("unipc", 0.0, (0, "bh1", True), "UniPC needs an order >= 1"),
+])
+def test_bad_arguments_are_named(kind, eta, unipc, message):
     with pytest.raises(ValueError, match=message):
-        Carry(kind, eta)
-    assert CARRY_KINDS == ("step", "heun", "midpoint", "multistep", "plms")
+        Carry(kind, eta, unipc=unipc)
+    assert CARRY_KINDS == ("step", "heun", "midpoint", "multistep", "plms", "unipc")
 
 
 def test_the_config_takes_carry_as_a_boolean():
@@ -179,3 +183,22 @@ def test_plms_cancels_its_earlier_eps_changes_in_the_extrapolation():
     fresh = Carry("plms")
     fresh.first(x, 10.0, d, d, acted, steps_left=11)
     assert fresh.first(x, 8.0, d, d, acted, steps_left=10) is d, "nothing to cancel"
+
+
+@pytest.mark.parametrize("variant", ["bh1", "bh2"])
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("corrector", [True, False])
+def test_unipc_coefficients_are_the_webui_step_as_a_linear_map(variant, order, corrector):
+    """The WebUI's UniPC step, transcribed in benchmarks/official_reference.py, is a*x + sum w M + k m_t."""
+    from benchmarks.official_reference import _unipc_update
+
+    gen = torch.Generator().manual_seed(order)
+    x, m_t = torch.randn(4, 6, generator=gen), torch.randn(4, 6, generator=gen)
+    models = [torch.randn(4, 6, generator=gen) for _ in range(order)]
+    sigmas = [14.0, 9.5, 6.1, 4.2][-order - 1:]  # the kept predictions' levels, then the step's
+    lambdas = [-math.log(s) for s in sigmas[:-1]]
+    state, _ = _unipc_update(lambda _x, _s: m_t, x, models, lambdas, sigmas[-1], order, corrector, variant)
+    a, w, k = unipc_coefficients(lambdas, -math.log(sigmas[-1]), order, variant, corrector)
+    linear = a * x + k * m_t + sum(weight * m for weight, m in zip(w, reversed(models), strict=True))
+    torch.testing.assert_close(linear, state, rtol=1e-5, atol=1e-5)
+    assert (k != 0) == corrector

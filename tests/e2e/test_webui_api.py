@@ -42,7 +42,7 @@ def test_enabled_changes_images_disabled_matches_plain(webui, banks, sampler):
     """Plumbing on every sampler family. The constant mode moves every step by a fixed share of the
     distance to the bank, so its change is visible whatever the random-weight model predicts (the
     paper mode's kernel, at these 8x8 latents, can act on every step and still move no pixel on the
-    samplers it does not carry: UniPC here)."""
+    samplers it does not carry)."""
     plain, _ = txt2img(webui, sampler_name=sampler)
     disabled, info_off = txt2img(webui, [False, banks["bank"]], sampler_name=sampler)
     steered, info = txt2img(webui, [steer(banks, mode="constant", strength=0.5)], sampler_name=sampler)
@@ -56,6 +56,19 @@ def test_enabled_changes_images_disabled_matches_plain(webui, banks, sampler):
     assert len(params["Safe denoiser hash"]) == 10 and params["Safe denoiser acted"] == "6/6"
     assert "Safe denoiser" not in info_off["extra_generation_params"]
     assert "Safe denoiser: e2e-unsafe" in info["infotexts"][0]
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "Heun", "DPM++ 2M", "DPM++ SDE", "DDIM", "PLMS", "UniPC", "LMS"])
+def test_the_paper_mode_carries_its_re_noising_on_the_carried_samplers(webui, banks, sampler):
+    """Where the paper mode carries its correction, an open gate re-noises the state as the official loop
+    does, so the image changes even where the kernel does not reach this random-weight model's bank; the
+    fresh noise comes from the seed, so the same job gives the same image. LMS is not carried."""
+    plain, _ = txt2img(webui, sampler_name=sampler)
+    steered, info = txt2img(webui, [steer(banks)], sampler_name=sampler)
+    again, _ = txt2img(webui, [steer(banks)], sampler_name=sampler)
+    assert same(steered, again), "the re-noising is seeded"
+    assert info["extra_generation_params"]["Safe denoiser acted"] == "6/6"
+    assert same(plain, steered) == (sampler == "LMS")
 
 
 def test_odds_mode_and_positional_args(webui, banks):

@@ -115,6 +115,11 @@ def test_the_default_recipes_gate_carries_only_the_rows_it_opened_for(script, gl
     assert carried > 0
 
 
+def unipc(model, x, timesteps, extra_args=None, callback=None, disable=None, is_img2img=False):
+    """The signature of modules/sd_samplers_timesteps_impl.unipc (the glue reads its name and parameters)."""
+    raise AssertionError("not sampled: only its name and signature are read")
+
+
 @pytest.mark.parametrize("func, eta, expected", [
     (timesteps_impl.ddim, 0.5, ("step", 0.5)),  # DDIM takes its eta
     (timesteps_impl.ddim, None, ("step", 0.0)),
@@ -122,9 +127,25 @@ def test_the_default_recipes_gate_carries_only_the_rows_it_opened_for(script, gl
     (harness.sample_heun, 1.0, ("heun", 0.0)),
     (timesteps_impl.plms, 1.0, ("plms", 0.0)),
     (timesteps_impl.ddim_cfgpp, 0.3, (None, 0.3)),
+    (unipc, 0.5, ("unipc", 0.0)),
 ])
 def test_the_glue_reads_the_samplers_carry_kind_and_eta(glue, func, eta, expected):
     den = SimpleNamespace(sampler=SimpleNamespace(func=func, eta=eta), p=SimpleNamespace(seeds=[7, 8], seed=3))
-    assert glue._sampler_carry(den) == (*expected, 7), "the batch's first seed"
+    assert glue._sampler_carry(den) == (*expected, 7, (3, "bh1", True)), "the batch's first seed"
     den.p = SimpleNamespace(seed=3)
     assert glue._sampler_carry(den)[2] == 3
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({"uni_pc_order": 2, "uni_pc_variant": "bh2", "uni_pc_lower_order_final": False}, ("unipc", (2, "bh2", False))),
+    ({"uni_pc_variant": "vary_coeff"}, (None, (3, "vary_coeff", True))),  # a variant the carry does not model
+])
+def test_the_glue_reads_unipcs_settings(glue, monkeypatch, settings, expected):
+    from modules import shared
+
+    for key, value in settings.items():
+        monkeypatch.setitem(shared.opts.data, key, value)
+    den = SimpleNamespace(sampler=SimpleNamespace(func=unipc, eta=None), p=SimpleNamespace(seeds=[7]))
+    kind, _, _, options = glue._sampler_carry(den)
+    assert (kind, options) == expected
+

@@ -1,0 +1,110 @@
+"""The WebUI's REST API over plain HTTP, for commands that make banks through a running WebUI.
+
+Making a bank with the model (``bank sample``, ``bank vary``) needs the WebUI's own generation routes,
+so it runs as an HTTP client of them, with the caller's ``--api-auth`` login: the bank it makes is the
+caller's like any other, and it works from anywhere that can reach the WebUI.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from lib_safe_denoiser.errors import BankError
+
+BANKS_PATH = "/safe-denoiser/v1/banks"
+TXT2IMG_PATH = "/sdapi/v1/txt2img"
+IMG2IMG_PATH = "/sdapi/v1/img2img"
+
+Post = Callable[[str, dict], dict]
+"""(path, JSON body) -> the JSON answer; raises ``BankError`` naming the route and the server's detail."""
+
+
+class WebUIHttp:
+    """JSON POSTs and GETs to the WebUI at ``base_url``; ``login`` is ``user:password`` for ``--api-auth``.
+    Every failure is a ``BankError`` naming the route and the server's detail, or the unreachable URL."""
+
+    def __init__(self, base_url: str, login: str | None = None, timeout: float = 3600.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.headers = {"Content-Type": "application/json"}
+        if login:
+            self.headers["Authorization"] = "Basic " + base64.b64encode(login.encode("utf-8")).decode("ascii")
+
+    def post(self, path: str, body: dict) -> dict:
+        return json.loads(self._open(path, json.dumps(body).encode("utf-8"), "POST") or b"{}")
+
+    def get(self, path: str) -> bytes:
+        return self._open(path, None, "GET")
+
+    def get_json(self, path: str) -> Any:
+        return json.loads(self.get(path) or b"{}")
+
+    def _open(self, path: str, data: bytes | None, method: str) -> bytes:
+        req = urllib.request.Request(self.base_url + path, data=data, headers=self.headers, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as answer:
+                return answer.read()
+        except urllib.error.HTTPError as exc:
+            raise BankError(f"{path} answered HTTP {exc.code}: {_detail(exc.read())}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise BankError(f"cannot reach the WebUI at {self.base_url}: {getattr(exc, 'reason', exc)}") from None
+
+
+def _detail(raw: bytes) -> str:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", "replace")[:300] or "(no detail)"
+    detail = data.get("detail", data) if isinstance(data, dict) else data
+    return detail if isinstance(detail, str) else json.dumps(detail)[:300]
+
+
+class BankWriter:
+    """Stores batches of base64 images as the new bank ``bank``: the first batch creates it (so an existing
+    name is refused before anything is made twice), the next ones are added. ``failed`` turns an error
+    half-way into one that says what was kept, so a long run that fails loses nothing it made."""
+
+    def __init__(self, post: Post, bank: str, description: str, tags: list[str], shared: bool) -> None:
+        self.post, self.bank = post, bank
+        self.create = {"name": bank, "description": description, "tags": tags, "shared": shared}
+        self.created = False
+        self.stored = 0
+        self.skipped: list[str] = []
+
+    def add(self, files: list[dict]) -> None:
+        """Store ``files`` (``{"name", "data"}``), counting what the bank took and what it skipped."""
+        if self.created:
+            report = self.post(f"{BANKS_PATH}/{self.bank}/images", {"images": files})
+        else:
+            report = self.post(BANKS_PATH, {**self.create, "images": files})
+            self.created = True
+        added = report.get("report", {}) if isinstance(report, dict) else {}
+        self.stored += len(added.get("added", []))
+        self.skipped += [f"{s.get('name')}: {s.get('reason')}" for s in added.get("skipped", [])]
+        self.skipped += [f"{name}: the same image as one already in the bank" for name in added.get("duplicates", [])]
+
+    def failed(self, exc: BankError, unit: str) -> BankError:
+        kept = f"the bank {self.bank!r} keeps the {self.stored} {unit} stored so far" if self.created \
+            else "no bank was created"
+        return BankError(f"{exc} ({kept})")
+
+    def result(self) -> dict:
+        return {"bank": self.bank, "images": self.stored, "skipped": self.skipped}
+
+
+def check_request(request: Any, whole_numbers: tuple[str, ...]) -> None:
+    """A generation request's numbers, checked before anything is asked of the WebUI: each of
+    ``whole_numbers`` an int >= 1, ``cfg_scale`` a finite number."""
+    for name in whole_numbers:
+        value = getattr(request, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BankError(f"{name} must be a whole number >= 1, got {value!r}")
+    cfg_scale = request.cfg_scale
+    if isinstance(cfg_scale, bool) or not (isinstance(cfg_scale, (int, float)) and math.isfinite(cfg_scale)):
+        raise BankError(f"cfg_scale must be a number, got {cfg_scale!r}")
