@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
                 out = generate(model, classifier, noise, steps=args.steps, safe=safe)
                 s = score(out, digit, base, safe_features)
                 rows.setdefault((mode, source), []).append(s | {"ratio": s["frechet_distance"] / base_fd})
-        shares = ", ".join(f"{mode} {source} {100 * float(runs[-1]['negated_share']):.2f}%"
+        shares = ", ".join(f"{mode} {source} {100 * float(runs[-1]['negated_share']):.2f}% "
+                           f"(TV {float(runs[-1]['histogram_tv']):.3f})"
                            for (mode, source), runs in rows.items() if mode != "none")
         print(f"  digit {digit} done ({time.perf_counter() - start:.0f}s): {shares}", flush=True)
 

@@ -15,9 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Protocol
-from urllib.parse import quote
 
-from lib_safe_denoiser.banks.webui_http import BANKS_PATH, IMG2IMG_PATH, BankWriter, check_request
+from lib_safe_denoiser.banks.webui_http import IMG2IMG_PATH, BankWriter, bank_path, check_request
 from lib_safe_denoiser.errors import BankError
 
 VARIATIONS_TAG = "variations"
@@ -73,7 +72,7 @@ def make_variations(webui: WebUI, source: str, bank: str, request: VariationRequ
     """Store ``request.per_image`` variations of every image of the bank ``source`` as the new bank
     ``bank`` (tagged ``variations``), image by image: a failure half-way keeps what was stored and
     says how much. Returns ``{"bank", "images", "skipped"}``."""
-    detail = webui.get_json(f"{BANKS_PATH}/{quote(source, safe='')}")
+    detail = webui.get_json(bank_path(source))
     entries = detail.get("images") if isinstance(detail, dict) else None
     if not isinstance(entries, list) or not entries:
         raise BankError(f"the bank {source!r} has no images to vary")
@@ -84,7 +83,7 @@ def make_variations(webui: WebUI, source: str, bank: str, request: VariationRequ
     for index, entry in enumerate(entries):
         stem = PurePath(str(entry.get("source_name") or f"image-{index:04d}")).stem
         try:
-            image = webui.get(f"{BANKS_PATH}/{quote(source, safe='')}/images/{entry['sha256']}")
+            image = webui.get(f"{bank_path(source)}/images/{entry['sha256']}")
             answer = webui.post(IMG2IMG_PATH, request.body(image, index))
             images = answer.get("images") if isinstance(answer, dict) else None
             if not isinstance(images, list) or len(images) < request.per_image:

@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 from lib_safe_denoiser.errors import BankError
 
@@ -23,6 +24,11 @@ IMG2IMG_PATH = "/sdapi/v1/img2img"
 
 Post = Callable[[str, dict], dict]
 """(path, JSON body) -> the JSON answer; raises ``BankError`` naming the route and the server's detail."""
+
+
+def bank_path(name: str) -> str:
+    """The route of the bank ``name`` (bank names may hold spaces)."""
+    return f"{BANKS_PATH}/{quote(name, safe='')}"
 
 
 class WebUIHttp:
@@ -80,7 +86,7 @@ class BankWriter:
     def add(self, files: list[dict]) -> None:
         """Store ``files`` (``{"name", "data"}``), counting what the bank took and what it skipped."""
         if self.created:
-            report = self.post(f"{BANKS_PATH}/{self.bank}/images", {"images": files})
+            report = self.post(f"{bank_path(self.bank)}/images", {"images": files})
         else:
             report = self.post(BANKS_PATH, {**self.create, "images": files})
             self.created = True

@@ -86,3 +86,10 @@ def test_an_existing_name_is_refused_before_anything_is_lost(webui, capsys):
 def test_bad_requests_are_named(changes, message):
     with pytest.raises(BankError, match=message):
         VariationRequest(**changes)
+
+
+def test_names_with_spaces_reach_their_banks(webui, capsys):
+    webui.store.rename("sevens", "my sevens")
+    assert main(["bank", "vary", "my sevens", "my sevens var", "--url", webui.url, "--login", "alice:pw",
+                 "--width", "16", "--height", "16", "--per-image", "2"]) == 0, capsys.readouterr().err
+    assert webui.store.get("my sevens var").n_images == 6
