@@ -18,7 +18,8 @@ The odds mode's reference set is, by default, every training image of the other 
 (``lib_safe_denoiser.core.reference``): ``--reference-size`` uncorrected samples from another noise seed,
 with the share 3 x ``prior`` of them the negation bank explains best dropped. ``pooled`` keeps them all
 and reads them as the model's data distribution (``reference_kind="data"``). ``--variations K`` adds K
-model-made variations of each negation image (img2img at ``--variation-sigma``) to the negation set.
+model-made variations of each negation image (img2img at ``--variation-sigma``) to the negation set; a model
+reference is cleaned against the given images only (``--clean-against all``: and their variations).
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reference-size", type=int, default=2000, help="model samples in a model reference")
     parser.add_argument("--clean-share", type=float, default=None,
                         help="share of the model samples dropped from a model reference (default: 3 x prior)")
+    parser.add_argument("--clean-against", choices=("given", "all"), default="given",
+                        help="clean a model reference against the given negation images (as a WebUI job does: "
+                        "not against banks tagged 'variations') or against them and their variations")
     parser.add_argument("--variations", type=int, default=0,
                         help="add this many model-made variations of each negation image (img2img)")
     parser.add_argument("--variation-sigma", type=float, default=1.0, help="the variations' noise level")
@@ -119,14 +123,15 @@ def main(argv: list[str] | None = None) -> None:
         # the held-out split has 58 to 61 images of a digit: both sources get the same size
         size = min(args.bank_size, *(int((d.labels == digit).sum()) for d in (train, heldout)))
         for source in args.sources.split(","):
-            negation = negation_bank(train if source == "train" else heldout, digit, size, seed=BANK_SEED).to(device)
-            negation = varied_bank(model, negation, args.variations, args.variation_sigma, steps=args.steps,
+            given = negation_bank(train if source == "train" else heldout, digit, size, seed=BANK_SEED).to(device)
+            negation = varied_bank(model, given, args.variations, args.variation_sigma, steps=args.steps,
                                    seed=args.seed + 2)
             for mode in modes:
                 cfg = configs[mode]
                 reference = None
                 if cfg.mode == "odds":
-                    reference, cfg = odds_reference(args.reference, cfg, model_samples, negation,
+                    reference, cfg = odds_reference(args.reference, cfg, model_samples,
+                                                    given if args.clean_against == "given" else negation,
                                                     reference_bank(train, digit).to(device), args.clean_share)
                 safe = SafeDenoiser(negation, reference, cfg)
                 out = generate(model, classifier, noise, steps=args.steps, safe=safe)

@@ -126,13 +126,9 @@ class Carry:
     def factor(self, sigma: float, steps_left: int) -> float:
         """sigma / (sigma - sigma_down(next)) for the first model call of a step at noise level ``sigma``,
         ``steps_left`` the steps from this one to the end of the pass (this one included)."""
-        previous, self._previous, self._next = self._previous, sigma, None
         self._steps += 1
-        if previous is not None and previous > sigma:
-            self._next = sigma * sigma / previous
-        elif sigma > SIGMA_FLOOR and steps_left > 1:
-            self._next = sigma * (SIGMA_FLOOR / sigma) ** (1.0 / (steps_left - 1))
-        else:
+        self._next = self._next_sigma(sigma, steps_left)
+        if self._next is None:
             return 1.0
         return sigma / (sigma - ancestral_down(sigma, self._next, self.eta))
 
@@ -259,7 +255,9 @@ class Carry:
         return max(1, min(order, step, self._total + 1 - step) if lower_final else min(order, step))
 
     def _next_sigma(self, sigma: float, steps_left: int) -> float | None:
-        """The next noise level, estimated as ``factor`` does (for callers that need the level itself)."""
+        """The next noise level after ``sigma`` (None at the end): the last two levels' ratio kept, or for a
+        pass's first call (or a higher level, which starts a pass over) a log-uniform descent to
+        ``SIGMA_FLOOR`` over the ``steps_left`` levels from this one."""
         previous, self._previous = self._previous, sigma
         if previous is not None and previous > sigma:
             return sigma * sigma / previous

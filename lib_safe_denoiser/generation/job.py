@@ -18,6 +18,7 @@ import torch
 
 from lib_safe_denoiser.banks.model_samples import MODEL_SAMPLES_TAG
 from lib_safe_denoiser.banks.store import BankInfo, BankStore
+from lib_safe_denoiser.banks.variations import VARIATIONS_TAG
 from lib_safe_denoiser.concepts.args import ConceptArgs
 from lib_safe_denoiser.concepts.args import to_infotext as concept_infotext
 from lib_safe_denoiser.concepts.steering import ConceptSteering
@@ -129,9 +130,12 @@ class DenoiserFactory:
         channels, h, w = latent_shape
         config = job.args.to_config(alphas_cumprod.detach().double().cpu())
         samples = job.reference is not None and MODEL_SAMPLES_TAG in job.reference.tags
+        # a reference of model samples is cleaned against the images the user gave: variations also stray
+        # into neighbouring concepts, which cleaning against them would thin out of the reference
+        given = [i for i, b in enumerate(job.banks) if VARIATIONS_TAG not in b.tags] or list(range(len(job.banks)))
+        cleaned = " cleaned against " + ",".join(job.banks[i].content_hash for i in given) if samples else ""
         key = _Key(tuple(b.content_hash for b in job.banks),
-                   (job.reference.content_hash + (" cleaned" if samples else "")) if job.reference else "",
-                   vae_id, (h, w), config)
+                   (job.reference.content_hash + cleaned) if job.reference else "", vae_id, (h, w), config)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
@@ -144,14 +148,15 @@ class DenoiserFactory:
                                  f"samples {channels}-channel latents; it was made for another model family")
             return lat
 
-        negation = torch.cat([latents(b) for b in job.banks]) if len(job.banks) > 1 else latents(job.banks[0])
+        banks = [latents(b) for b in job.banks]
+        negation = torch.cat(banks) if len(banks) > 1 else banks[0]
         reference = latents(job.reference) if job.reference else None
         if samples:  # the model's own samples: drop those that resemble this job's negation banks
             if reference.shape[0] <= NEIGHBOURS:
                 raise ValueError(f"the reference bank {job.reference.name!r} holds model samples (tag "
                                  f"{MODEL_SAMPLES_TAG!r}) and needs more than {NEIGHBOURS} of them, it has "
                                  f"{reference.shape[0]}")
-            reference = clean_reference(reference, negation, share_for(config.prior))[0]
+            reference = clean_reference(reference, torch.cat([banks[i] for i in given]), share_for(config.prior))[0]
         safe = SafeDenoiser(negation, reference, config)
         self._cache[key] = safe
         while len(self._cache) > self.capacity:

@@ -13,6 +13,7 @@ from PIL import Image
 from lib_safe_denoiser import SafeDenoiser, SafeDenoiserConfig
 from lib_safe_denoiser.banks.model_samples import MODEL_SAMPLES_TAG
 from lib_safe_denoiser.banks.store import BankStore
+from lib_safe_denoiser.banks.variations import VARIATIONS_TAG
 from lib_safe_denoiser.generation.args import SafeDenoiserArgs
 from lib_safe_denoiser.generation.infotext import KEY_ACTED, KEY_ERROR
 from lib_safe_denoiser.generation.job import DenoiserFactory, Job
@@ -54,7 +55,7 @@ def store(tmp_path_factory):
 def job(store: BankStore, bank: str = "a", **fields) -> Job:
     args = SafeDenoiserArgs(enabled=True, bank=bank, preset="custom", **{"mode": "constant", **fields})
     reference = store.get(fields["reference_bank"]) if fields.get("mode") == "odds" else None
-    return Job(args, (store.get(bank),), reference)
+    return Job(args, tuple(store.get(name) for name in args.banks), reference)
 
 
 def build(factory: DenoiserFactory, j: Job, encoder: Encoder, vae: str = "vae-1", shape=LATENT) -> SafeDenoiser:
@@ -193,3 +194,43 @@ def test_paper_jobs_get_the_papers_config(store):
     j = Job(SafeDenoiserArgs(enabled=True, bank="a").with_preset("a person / memorised image"), (store.get("a"),), None)
     safe = build(factory, j, Encoder())
     assert safe.config.mode == "paper" and safe.config.scale == 0.69 and math.isinf(safe.config.gate_margin)
+
+
+def test_model_samples_are_cleaned_against_the_given_images_not_their_variations(tmp_path):
+    """Variations stray into neighbouring concepts: cleaning the reference against a bank tagged
+    ``variations`` would thin those neighbours out of it. 20 samples: 3 near the negation bank's images,
+    3 near the variations bank's, 14 others half-way to the given images (so that, of the samples far
+    from every given image, the variations' neighbours are the farthest); the prior 0.1 drops 6."""
+    rng = np.random.default_rng(1)
+
+    def noise_images(n):
+        return [rng.integers(0, 255, (16, 16, 3), dtype=np.uint8) for _ in range(n)]
+
+    def near(images, spread=3):
+        return [np.clip(i.astype(int) + rng.integers(-spread, spread + 1, i.shape), 0, 255).astype(np.uint8)
+                for i in images]
+
+    given, varied = noise_images(3), noise_images(3)
+    others = near([given[i % 3] for i in range(14)], spread=90)
+    store = BankStore(tmp_path / "data")
+    for name, images, tags in (("neg", given, []), ("neg-var", varied, [VARIATIONS_TAG]),
+                               ("samples", near(given) + near(varied) + others, [MODEL_SAMPLES_TAG])):
+        folder = tmp_path / name
+        folder.mkdir()
+        for i, img in enumerate(images):
+            Image.fromarray(img).save(folder / f"{i:02d}.png")
+        store.add_folder(name, folder, tags=tags)
+    factory, encoder = DenoiserFactory(store), Encoder()
+    lat = store.latents("samples", encoder=encoder, vae_id="vae-1", latent_hw=(2, 2)).flatten(1)
+
+    def kept_rows() -> set[int]:
+        odds = {"mode": "odds", "reference_bank": "samples", "prior": 0.1}
+        safe = build(factory, job(store, "neg, neg-var", **odds), encoder)
+        kept = safe._reference.on(torch.device("cpu"))[0]
+        return {i for i in range(lat.shape[0]) if torch.isclose(kept, lat[i]).all(dim=1).any()}
+
+    rows = kept_rows()
+    assert len(rows) == 14 and not rows & {0, 1, 2}, "the samples like the given images went"
+    assert {3, 4, 5} <= rows, "the samples like the variations stayed"
+    store.update("neg-var", tags=[])  # an ordinary second bank: cleaned against as well
+    assert not kept_rows() & {0, 1, 2, 3, 4, 5}
