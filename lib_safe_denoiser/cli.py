@@ -24,7 +24,7 @@ from lib_safe_denoiser.banks.inputs import IMAGE_EXTENSIONS, find_images, valida
 from lib_safe_denoiser.banks.model_samples import GENERIC_PROMPTS, MODEL_SAMPLES_TAG, SampleRequest, make_reference
 from lib_safe_denoiser.banks.store import GC_GRACE_S, AddReport, BankStore
 from lib_safe_denoiser.banks.variations import VARIATIONS_TAG, VariationRequest, make_variations
-from lib_safe_denoiser.banks.webui_http import WebUIHttp
+from lib_safe_denoiser.banks.webui_http import Generation, WebUIHttp
 from lib_safe_denoiser.errors import BankError, SafeDenoiserError
 
 DATA_DIR_ENV = "SD_WEBUI_DATA_DIR"
@@ -150,19 +150,12 @@ def _add_bank_commands(commands: argparse._SubParsersAction) -> None:
         f"bank tagged '{MODEL_SAMPLES_TAG}' through its /safe-denoiser/v1 routes. Use it as the odds mode's "
         "reference bank: a job removes from it the samples that resemble its negation banks.")
     sample.add_argument("name", help="name of the new bank")
-    _webui_arguments(sample)
     sample.add_argument("--count", type=_positive_int, default=SampleRequest.count,
                         help=f"samples to make (default: {SampleRequest.count})")
     sample.add_argument("--prompt", action="append", dest="prompts", metavar="TEXT",
                         help="a prompt, taken in turn per batch (repeatable; default: a few generic ones)")
-    sample.add_argument("--width", type=_positive_int, default=SampleRequest.width)
-    sample.add_argument("--height", type=_positive_int, default=SampleRequest.height)
-    sample.add_argument("--steps", type=_positive_int, default=SampleRequest.steps)
-    sample.add_argument("--sampler", default=SampleRequest.sampler)
-    sample.add_argument("--cfg-scale", type=float, default=SampleRequest.cfg_scale)
     sample.add_argument("--batch-size", type=_positive_int, default=SampleRequest.batch_size)
-    sample.add_argument("--seed", type=int, default=SampleRequest.seed)
-    sample.add_argument("--shared", action="store_true", help="share the bank with every user (operators only)")
+    _generation_arguments(sample)
     sample.set_defaults(handler=_bank_sample)
 
     vary = sub.add_parser(
@@ -172,21 +165,13 @@ def _add_bank_commands(commands: argparse._SubParsersAction) -> None:
         "of its concept than its own images.")
     vary.add_argument("source", help="the bank whose images are varied")
     vary.add_argument("name", help="name of the new bank")
-    _webui_arguments(vary)
     vary.add_argument("--per-image", type=_positive_int, default=VariationRequest.per_image,
                       help=f"variations of each image (default: {VariationRequest.per_image})")
     vary.add_argument("--denoising", type=float, default=VariationRequest.denoising,
                       help=f"img2img denoising strength: how far a variation may go (default: "
                       f"{VariationRequest.denoising})")
     vary.add_argument("--prompt", default="", help="what the images show, so the variations stay in it")
-    vary.add_argument("--negative-prompt", default="")
-    vary.add_argument("--width", type=_positive_int, default=VariationRequest.width)
-    vary.add_argument("--height", type=_positive_int, default=VariationRequest.height)
-    vary.add_argument("--steps", type=_positive_int, default=VariationRequest.steps)
-    vary.add_argument("--sampler", default=VariationRequest.sampler)
-    vary.add_argument("--cfg-scale", type=float, default=VariationRequest.cfg_scale)
-    vary.add_argument("--seed", type=int, default=VariationRequest.seed)
-    vary.add_argument("--shared", action="store_true", help="share the bank with every user (operators only)")
+    _generation_arguments(vary)
     vary.set_defaults(handler=_bank_vary)
 
     gc = sub.add_parser("gc", parents=[common], help="free disk space no bank uses any more")
@@ -297,16 +282,30 @@ def _bank_remove(args: argparse.Namespace) -> int:
     return 0
 
 
-def _webui_arguments(parser: argparse.ArgumentParser) -> None:
+def _generation_arguments(parser: argparse.ArgumentParser) -> None:
+    """The WebUI, the login, the generation settings (``Generation``) and ``--shared`` of a command that makes a
+    bank with the model through a running WebUI."""
     parser.add_argument("--url", default="http://127.0.0.1:7860", help="the WebUI (default: http://127.0.0.1:7860)")
     parser.add_argument("--login", default=os.environ.get("SD_WEBUI_LOGIN"),
                         help="user:password for --api-auth (default: $SD_WEBUI_LOGIN)")
+    parser.add_argument("--negative-prompt", default=Generation.negative_prompt)
+    parser.add_argument("--width", type=_positive_int, default=Generation.width)
+    parser.add_argument("--height", type=_positive_int, default=Generation.height)
+    parser.add_argument("--steps", type=_positive_int, default=Generation.steps)
+    parser.add_argument("--sampler", default=Generation.sampler)
+    parser.add_argument("--cfg-scale", type=float, default=Generation.cfg_scale)
+    parser.add_argument("--seed", type=int, default=Generation.seed)
+    parser.add_argument("--shared", action="store_true", help="share the bank with every user (operators only)")
+
+
+def _generation(args: argparse.Namespace) -> dict:
+    return {"negative_prompt": args.negative_prompt, "width": args.width, "height": args.height, "steps": args.steps,
+            "sampler": args.sampler, "cfg_scale": args.cfg_scale, "seed": args.seed}
 
 
 def _bank_sample(args: argparse.Namespace) -> int:
-    request = SampleRequest(count=args.count, prompts=tuple(args.prompts or GENERIC_PROMPTS), width=args.width,
-                            height=args.height, steps=args.steps, sampler=args.sampler, cfg_scale=args.cfg_scale,
-                            batch_size=args.batch_size, seed=args.seed)
+    request = SampleRequest(count=args.count, prompts=tuple(args.prompts or GENERIC_PROMPTS),
+                            batch_size=args.batch_size, **_generation(args))
     with tqdm(total=request.count, desc=f"sampling {args.name}", unit="img") as bar:
         result = make_reference(WebUIHttp(args.url, args.login).post, args.name, request, shared=args.shared,
                                 progress=lambda done, _total: bar.update(done - bar.n))
@@ -315,8 +314,7 @@ def _bank_sample(args: argparse.Namespace) -> int:
 
 def _bank_vary(args: argparse.Namespace) -> int:
     request = VariationRequest(per_image=args.per_image, denoising=args.denoising, prompt=args.prompt,
-                               negative_prompt=args.negative_prompt, width=args.width, height=args.height,
-                               steps=args.steps, sampler=args.sampler, cfg_scale=args.cfg_scale, seed=args.seed)
+                               **_generation(args))
     with tqdm(desc=f"varying {args.source} into {args.name}", unit="img") as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total

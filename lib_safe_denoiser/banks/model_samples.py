@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lib_safe_denoiser.banks.webui_http import TXT2IMG_PATH, BankWriter, Post, check_request
+from lib_safe_denoiser.banks.webui_http import TXT2IMG_PATH, BankWriter, Generation, Post
 from lib_safe_denoiser.errors import BankError
 
 MODEL_SAMPLES_TAG = "model-samples"
@@ -26,36 +26,23 @@ GENERIC_PROMPTS: tuple[str, ...] = (
 
 
 @dataclass(frozen=True)
-class SampleRequest:
+class SampleRequest(Generation):
     """What to ask the model for: ``count`` images, the prompts taken in turn, one per batch."""
 
     count: int = 200
     prompts: tuple[str, ...] = GENERIC_PROMPTS
-    negative_prompt: str = ""
-    width: int = 512
-    height: int = 512
-    steps: int = 20
-    sampler: str = "Euler a"
-    cfg_scale: float = 7.0
     batch_size: int = 4
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        check_request(self, ("count", "width", "height", "steps", "batch_size"))
+        self.check(("count", "batch_size"))
         if not self.prompts or not all(isinstance(p, str) for p in self.prompts):
             raise BankError("prompts must be a non-empty list of texts")
 
     def batches(self) -> list[dict]:
         """The txt2img bodies, in order: fixed seeds, so the same request makes the same bank."""
-        out = []
-        for start in range(0, self.count, self.batch_size):
-            out.append({
-                "prompt": self.prompts[len(out) % len(self.prompts)], "negative_prompt": self.negative_prompt,
-                "width": self.width, "height": self.height, "steps": self.steps, "sampler_name": self.sampler,
-                "cfg_scale": self.cfg_scale, "batch_size": min(self.batch_size, self.count - start), "n_iter": 1,
-                "seed": self.seed + start, "send_images": True, "save_images": False,
-            })
-        return out
+        return [self.body(self.prompts[i % len(self.prompts)], min(self.batch_size, self.count - start),
+                          self.seed + start)
+                for i, start in enumerate(range(0, self.count, self.batch_size))]
 
 
 def make_reference(post: Post, bank: str, request: SampleRequest, *, description: str = "",

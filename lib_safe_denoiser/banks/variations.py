@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Protocol
 
-from lib_safe_denoiser.banks.webui_http import IMG2IMG_PATH, BankWriter, bank_path, check_request
+from lib_safe_denoiser.banks.webui_http import IMG2IMG_PATH, BankWriter, Generation, bank_path
 from lib_safe_denoiser.errors import BankError
 
 VARIATIONS_TAG = "variations"
@@ -33,38 +33,27 @@ class WebUI(Protocol):
 
 
 @dataclass(frozen=True)
-class VariationRequest:
+class VariationRequest(Generation):
     """``per_image`` img2img variations of each image at ``denoising`` (0..1: how far from the image).
     The prompt names the concept the images show, so the variations stay in it."""
 
     per_image: int = 8
     denoising: float = 0.4
     prompt: str = ""
-    negative_prompt: str = ""
-    width: int = 512
-    height: int = 512
-    steps: int = 20
-    sampler: str = "Euler a"
-    cfg_scale: float = 7.0
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        check_request(self, ("per_image", "width", "height", "steps"))
+        self.check(("per_image",))
         if isinstance(self.denoising, bool) or not isinstance(self.denoising, (int, float)) \
                 or not 0 < self.denoising <= 1:
             raise BankError(f"denoising must be a number in (0, 1], got {self.denoising!r}")
-        if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
-            raise BankError("prompt and negative_prompt must be texts")
+        if not isinstance(self.prompt, str):
+            raise BankError("prompt must be a text")
 
-    def body(self, image: bytes, index: int) -> dict:
+    def img2img(self, image: bytes, index: int) -> dict:
         """The img2img body for the ``index``-th image: its own fixed seeds, so a request is repeatable."""
-        return {
-            "init_images": [base64.b64encode(image).decode("ascii")], "denoising_strength": self.denoising,
-            "resize_mode": CROP_AND_RESIZE, "prompt": self.prompt, "negative_prompt": self.negative_prompt,
-            "width": self.width, "height": self.height, "steps": self.steps, "sampler_name": self.sampler,
-            "cfg_scale": self.cfg_scale, "batch_size": self.per_image, "n_iter": 1,
-            "seed": self.seed + index * self.per_image, "send_images": True, "save_images": False,
-        }
+        return {**self.body(self.prompt, self.per_image, self.seed + index * self.per_image),
+                "init_images": [base64.b64encode(image).decode("ascii")], "denoising_strength": self.denoising,
+                "resize_mode": CROP_AND_RESIZE}
 
 
 def make_variations(webui: WebUI, source: str, bank: str, request: VariationRequest, *, description: str = "",
@@ -84,7 +73,7 @@ def make_variations(webui: WebUI, source: str, bank: str, request: VariationRequ
         stem = PurePath(str(entry.get("source_name") or f"image-{index:04d}")).stem
         try:
             image = webui.get(f"{bank_path(source)}/images/{entry['sha256']}")
-            answer = webui.post(IMG2IMG_PATH, request.body(image, index))
+            answer = webui.post(IMG2IMG_PATH, request.img2img(image, index))
             images = answer.get("images") if isinstance(answer, dict) else None
             if not isinstance(images, list) or len(images) < request.per_image:
                 raise BankError(f"{IMG2IMG_PATH} answered without the {request.per_image} images asked for")

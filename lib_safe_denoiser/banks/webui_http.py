@@ -13,6 +13,7 @@ import math
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -104,13 +105,34 @@ class BankWriter:
         return {"bank": self.bank, "images": self.stored, "skipped": self.skipped}
 
 
-def check_request(request: Any, whole_numbers: tuple[str, ...]) -> None:
-    """A generation request's numbers, checked before anything is asked of the WebUI: each of
-    ``whole_numbers`` an int >= 1, ``cfg_scale`` a finite number."""
-    for name in whole_numbers:
-        value = getattr(request, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise BankError(f"{name} must be a whole number >= 1, got {value!r}")
-    cfg_scale = request.cfg_scale
-    if isinstance(cfg_scale, bool) or not (isinstance(cfg_scale, (int, float)) and math.isfinite(cfg_scale)):
-        raise BankError(f"cfg_scale must be a number, got {cfg_scale!r}")
+
+@dataclass(frozen=True)
+class Generation:
+    """The generation settings every bank-making request sends the WebUI (txt2img and img2img alike)."""
+
+    negative_prompt: str = ""
+    width: int = 512
+    height: int = 512
+    steps: int = 20
+    sampler: str = "Euler a"
+    cfg_scale: float = 7.0
+    seed: int = 0
+
+    def check(self, whole_numbers: tuple[str, ...] = ()) -> None:
+        """Refuse bad numbers before anything is asked of the WebUI: the size, the steps and each of
+        ``whole_numbers`` an int >= 1, ``cfg_scale`` a finite number."""
+        for name in ("width", "height", "steps", *whole_numbers):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise BankError(f"{name} must be a whole number >= 1, got {value!r}")
+        if isinstance(self.cfg_scale, bool) or not (isinstance(self.cfg_scale, (int, float))
+                                                    and math.isfinite(self.cfg_scale)):
+            raise BankError(f"cfg_scale must be a number, got {self.cfg_scale!r}")
+        if not isinstance(self.negative_prompt, str):
+            raise BankError("negative_prompt must be a text")
+
+    def body(self, prompt: str, batch_size: int, seed: int) -> dict:
+        """The request fields of one generation of ``batch_size`` images from ``seed``, never saved by the WebUI."""
+        return {"prompt": prompt, "negative_prompt": self.negative_prompt, "width": self.width, "height": self.height,
+                "steps": self.steps, "sampler_name": self.sampler, "cfg_scale": self.cfg_scale,
+                "batch_size": batch_size, "n_iter": 1, "seed": seed, "send_images": True, "save_images": False}

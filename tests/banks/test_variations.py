@@ -81,7 +81,8 @@ def test_an_existing_name_is_refused_before_anything_is_lost(webui, capsys):
     ({"denoising": 0}, r"denoising must be a number in \(0, 1\]"),
     ({"denoising": 1.5}, r"denoising must be a number in \(0, 1\]"),
     ({"cfg_scale": float("inf")}, "cfg_scale must be a number"),
-    ({"prompt": None}, "prompt and negative_prompt must be texts"),
+    ({"prompt": None}, "prompt must be a text"),
+    ({"negative_prompt": 3}, "negative_prompt must be a text"),
 ])
 def test_bad_requests_are_named(changes, message):
     with pytest.raises(BankError, match=message):
