@@ -25,6 +25,8 @@ CROP_AND_RESIZE = 1
 
 
 class WebUI(Protocol):
+    """What ``make_variations`` needs of the WebUI (``webui_http.WebUIHttp`` provides it)."""
+
     def post(self, path: str, body: dict) -> dict: ...
 
     def get(self, path: str) -> bytes: ...
