@@ -162,12 +162,14 @@ def main(argv: list[str] | None = None) -> None:
                       f"{time.perf_counter() - start:>5.1f}", flush=True)
 
 
-def hooked(denoise, safe: SafeDenoiser, kind: str, sigmas: list[float], seed: int | None = None):
+def hooked(denoise, safe: SafeDenoiser, kind: str, sigmas: list[float], seed: int | None = None,
+           unipc: tuple[int, str, bool] = (3, "bh1", True)):
     """The model as the WebUI's CFG callbacks leave it: every call's prediction corrected; with a
     ``seed``, carried into the state (core/carry.py) on the samplers the carry supports, as the glue
-    does it (a step's second call known from the call count on second-order samplers)."""
+    does it (a step's second call known from the call count on second-order samplers; UniPC's
+    order, variant and lower order final as the WebUI's settings give them)."""
     carry_kind = CARRY.get(kind)
-    carry = Carry(carry_kind, ETA.get(kind, 0.0), torch.Generator().manual_seed(seed)) \
+    carry = Carry(carry_kind, ETA.get(kind, 0.0), torch.Generator().manual_seed(seed), unipc=unipc) \
         if seed is not None and carry_kind is not None else None
     calls = [0]
 

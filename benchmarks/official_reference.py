@@ -230,10 +230,11 @@ def _ddpm(x, denoised, s, s_next, gen):
 
 
 def _unipc(model: Model, x: torch.Tensor, sigmas: list[float], replace: Replace | None, order: int = 3,
-           variant: str = "bh1") -> torch.Tensor:
+           variant: str = "bh1", lower_order_final: bool = True) -> torch.Tensor:
     """The WebUI's UniPC (modules/models/diffusion/uni_pc/uni_pc.py, as sd_samplers_timesteps_impl.unipc
     runs it: multistep, data prediction, its default order 3, bh1 and lower order final) in the
-    k-diffusion form (x / alpha, lambda = -log sigma) over the positive ``sigmas``. Each step predicts,
+    k-diffusion form (x / alpha, lambda = -log sigma) over the positive ``sigmas`` (the WebUI's settings
+    ``uni_pc_order``, ``uni_pc_variant`` bh1/bh2 and ``uni_pc_lower_order_final`` as arguments). Each step predicts,
     calls the model there, and corrects its state with that prediction; the next step starts from the
     corrected state and treats the prediction as its own. So the official replacement acts on the state
     UniPC keeps (the start, then each corrected state) with the prediction it keeps, as on other samplers
@@ -243,7 +244,9 @@ def _unipc(model: Model, x: torch.Tensor, sigmas: list[float], replace: Replace 
     x, m = _first(model, replace, x, levels[0])
     models, lambdas = [m], [-math.log(levels[0])]
     for step in range(1, steps + 1):
-        step_order = min(order, step, steps + 1 - step)  # lower orders to start, and lower order final
+        step_order = min(order, step)  # lower orders to start
+        if lower_order_final:
+            step_order = min(step_order, steps + 1 - step)
         x, m = _unipc_update(model, x, models, lambdas, levels[step], step_order, step < steps, variant)
         if m is not None and replace is not None:
             x, m = replace(x, levels[step], m)

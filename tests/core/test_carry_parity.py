@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from benchmarks.bench_parity import SAMPLERS, hooked, mixture_problem, schedule
-from benchmarks.official_reference import KernelFast, sample, state_replacement
+from benchmarks.official_reference import KernelFast, _unipc, sample, state_replacement
 from lib_safe_denoiser import SafeDenoiser, SafeDenoiserConfig
 
 SAMPLES = 200
@@ -46,3 +46,23 @@ def test_a_carried_sample_ends_where_the_official_replacement_puts_it(problem, k
     assert moved > 1.0
     assert (ours - reference).norm(dim=1).quantile(0.9) < CLOSE * moved
     assert (alone - reference).norm(dim=1).median() > 0.5 * moved
+
+
+@pytest.mark.parametrize("settings", [(2, "bh2", True), (3, "bh2", False), (1, "bh1", True), (4, "bh1", True)])
+def test_unipc_is_carried_under_each_of_the_webuis_settings(problem, settings):
+    """UniPC's order, variant and lower order final (the WebUI's settings) change its linear step: the carry
+    follows them, so a carried sample still ends where the official replacement puts it. (Carried with the
+    default order 3 and bh1 instead, the order-2 bh2 and the order-1 samples end 0.56 and 1.0 of the
+    displacement away; lower order final changes only the last steps, long after the window.)"""
+    sigmas, window, denoise, repel, safe, noise = problem
+    order, variant, lower_final = settings
+
+    def run(model, replace=None):
+        return _unipc(model, noise * sigmas[0], sigmas, replace, order, variant, lower_final)
+
+    plain = run(denoise)
+    reference = run(denoise, state_replacement(repel, window, torch.Generator().manual_seed(2)))
+    ours = run(hooked(denoise, safe, "unipc", sigmas, seed=2, unipc=settings))
+    moved = (reference - plain).norm(dim=1).mean()
+    assert moved > 1.0
+    assert (ours - reference).norm(dim=1).quantile(0.9) < CLOSE * moved
