@@ -299,8 +299,8 @@ def _generation_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _generation(args: argparse.Namespace) -> dict:
-    return {"negative_prompt": args.negative_prompt, "width": args.width, "height": args.height, "steps": args.steps,
-            "sampler": args.sampler, "cfg_scale": args.cfg_scale, "seed": args.seed}
+    """The ``Generation`` fields from the options ``_generation_arguments`` added (same names)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(Generation)}
 
 
 def _bank_sample(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from modules.ui_components import InputAccordion
 from lib_safe_denoiser.concepts.args import INFOTEXT_FIELDS as CONCEPT_INFOTEXT_FIELDS
 from lib_safe_denoiser.concepts.args import ConceptArgs
 from lib_safe_denoiser.concepts.args import from_infotext as concept_infotext
+from lib_safe_denoiser.core.carry import carries_unipc
 from lib_safe_denoiser.core.config import MODES
 from lib_safe_denoiser.errors import SafeDenoiserError
 from lib_safe_denoiser.generation.args import ArgsError, SafeDenoiserArgs
@@ -139,7 +140,7 @@ def _sampler_carry(denoiser: Any) -> tuple[str | None, float, int, tuple[int, st
     unipc = (int(data.get("uni_pc_order", 3)), str(data.get("uni_pc_variant", "bh1")),
              bool(data.get("uni_pc_lower_order_final", True)))
     kind = CARRIED.get(getattr(sampler.func, "__name__", ""))
-    if kind == "unipc" and (unipc[1] not in ("bh1", "bh2") or unipc[0] < 1):
+    if kind == "unipc" and not carries_unipc(unipc):
         kind = None
     return kind, eta, int(seeds[0] or 0), unipc
 

@@ -59,6 +59,15 @@ PLMS_COEFFICIENTS: tuple[tuple[float, ...], ...] = (
 """The WebUI's PLMS eps extrapolation at its second, third and later steps, newest eps first."""
 
 
+UNIPC_VARIANTS: tuple[str, ...] = ("bh1", "bh2")
+"""The WebUI's UniPC variants the carry models (``unipc_coefficients``); its ``vary_coeff`` is not carried."""
+
+
+def carries_unipc(settings: tuple[int, str, bool]) -> bool:
+    """Whether UniPC run with these (order, variant, lower order final) settings can be carried."""
+    return settings[0] >= 1 and settings[1] in UNIPC_VARIANTS
+
+
 def unipc_coefficients(lambdas: list[float], lambda_t: float, order: int, variant: str = "bh1",
                        corrector: bool = True) -> tuple[float, list[float], float]:
     """One step of the WebUI's UniPC (multistep, data prediction; ``variant`` bh1 or bh2) as the linear map
@@ -103,7 +112,7 @@ class Carry:
             raise ValueError(f"kind must be one of {CARRY_KINDS}, got {kind!r}")
         if not eta >= 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
-        if unipc[0] < 1 or unipc[1] not in ("bh1", "bh2"):
+        if not carries_unipc(unipc):
             raise ValueError(f"UniPC needs an order >= 1 and the variant bh1 or bh2, got {unipc}")
         self.kind = kind
         self.eta = eta
@@ -116,7 +125,6 @@ class Carry:
         self._excess: torch.Tensor | None = None
         self._eps_changes: list[torch.Tensor] = []
         self._steps = 0
-        self._unipc_steps = 0
         self._total = 0
         self._lambdas: list[float] = []
         self._kept_offsets: list[torch.Tensor] = []
@@ -207,7 +215,7 @@ class Carry:
         for this step's corrector and the next step's predictor, the next noise level estimated as in
         ``factor``). ``steps_left`` at the first call is the pass's step count."""
         order, variant, lower_final = self.unipc
-        index, self._unipc_steps = self._unipc_steps, self._unipc_steps + 1
+        index, self._steps = self._steps, self._steps + 1
         if index == 0:
             self._total = steps_left
         next_sigma = self._next_sigma(sigma, self._total + 1 - index)
