@@ -20,6 +20,7 @@ from tests.browser.app import STAND_IN_VAE
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 SCREENSHOT_ENV = "SAFE_DENOISER_SCREENSHOT"
 TIMEOUT_MS = 60_000
+QUIET_MS = 500
 N_GOOD = 10
 
 
@@ -48,7 +49,9 @@ def wait_text(page, elem: str, text: str) -> None:
 
 
 def wait_status(page, text: str) -> str:
+    """Wait for an event's answer, then for the events it starts (a new bank selected fetches its view)."""
     wait_text(page, "status", text)
+    settle(page)
     return status(page)
 
 
@@ -60,14 +63,30 @@ def fill(page, elem: str, text: str) -> None:
     page.locator(f"#safe_denoiser_tab_{elem}").locator("textarea, input").first.fill(text)
 
 
+def settle(page) -> None:
+    """Wait until no event has been pending on the page for ``QUIET_MS``.
+
+    Loading the page can start more events (the bank list's value arrives, so the bank's view is
+    fetched); those end at a time of the server's choosing.
+    """
+    page.wait_for_function("""quiet => {
+        const busy = document.querySelector('.wrap.default:not(.hide), .wrap.center:not(.hide)');
+        if (busy) { window.safeDenoiserQuietSince = null; return false; }
+        window.safeDenoiserQuietSince ??= performance.now();
+        return performance.now() - window.safeDenoiserQuietSince >= quiet;
+    }""", arg=QUIET_MS, polling=50, timeout=TIMEOUT_MS)
+
+
 def upload(page, elem: str, files: list[Path]) -> None:
     """Choose files and wait until gradio has sent them to the server.
 
     gradio 3.41 lists the files at once but uploads them in the background, and drops the upload's
-    result if any event re-renders the component meanwhile: a button pressed before the upload is
-    done can then send the files without their contents (a race of gradio's, not of the tab's).
+    result if any event's answer re-renders the page meanwhile: the file box then stays "uploading"
+    for ever, or a button pressed before the upload is done sends the files without their contents
+    (a race of gradio's, not of the tab's). So the page must be quiet before and after.
     """
     box = f"#safe_denoiser_tab_{elem}"
+    settle(page)
     with page.expect_response(lambda r: r.url.endswith("/upload"), timeout=TIMEOUT_MS):
         page.locator(f"{box} input[type=file]").set_input_files([str(f) for f in files])
     for f in files:  # gradio lists each file by name
