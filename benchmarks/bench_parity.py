@@ -44,7 +44,7 @@ from benchmarks.official_reference import (  # noqa: E402
     state_replacement,
 )
 from lib_safe_denoiser import SafeDenoiser, SafeDenoiserConfig  # noqa: E402
-from lib_safe_denoiser.core.carry import Carry  # noqa: E402
+from lib_safe_denoiser.core.carry import UNIPC_DEFAULTS, Carry  # noqa: E402
 
 SAMPLERS = ("euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_sde", "plms", "unipc", "ddpm")
 ETA = {"euler_a": 1.0, "dpmpp_sde": 1.0, "ddpm": 1.0}
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def hooked(denoise, safe: SafeDenoiser, kind: str, sigmas: list[float], seed: int | None = None,
-           unipc: tuple[int, str, bool] = (3, "bh1", True)):
+           unipc: tuple[int, str, bool] = UNIPC_DEFAULTS):
     """The model as the WebUI's CFG callbacks leave it: every call's prediction corrected; with a
     ``seed``, carried into the state (core/carry.py) on the samplers the carry supports, as the glue
     does it (a step's second call known from the call count on second-order samplers; UniPC's

@@ -22,7 +22,7 @@ from modules.ui_components import InputAccordion
 from lib_safe_denoiser.concepts.args import INFOTEXT_FIELDS as CONCEPT_INFOTEXT_FIELDS
 from lib_safe_denoiser.concepts.args import ConceptArgs
 from lib_safe_denoiser.concepts.args import from_infotext as concept_infotext
-from lib_safe_denoiser.core.carry import carries_unipc
+from lib_safe_denoiser.core.carry import UNIPC_DEFAULTS, carries_unipc
 from lib_safe_denoiser.core.config import MODES
 from lib_safe_denoiser.errors import SafeDenoiserError
 from lib_safe_denoiser.generation.args import ArgsError, SafeDenoiserArgs
@@ -137,8 +137,9 @@ def _sampler_carry(denoiser: Any) -> tuple[str | None, float, int, tuple[int, st
     eta = float(sampler.eta or 0.0) if takes_eta else 0.0
     seeds = getattr(denoiser.p, "seeds", None) or [getattr(denoiser.p, "seed", 0)]  # this batch's seeds
     data = shared.opts.data
-    unipc = (int(data.get("uni_pc_order", 3)), str(data.get("uni_pc_variant", "bh1")),
-             bool(data.get("uni_pc_lower_order_final", True)))
+    order, variant, lower_final = UNIPC_DEFAULTS
+    unipc = (int(data.get("uni_pc_order", order)), str(data.get("uni_pc_variant", variant)),
+             bool(data.get("uni_pc_lower_order_final", lower_final)))
     kind = CARRIED.get(getattr(sampler.func, "__name__", ""))
     if kind == "unipc" and not carries_unipc(unipc):
         kind = None

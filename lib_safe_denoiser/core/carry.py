@@ -61,6 +61,8 @@ PLMS_COEFFICIENTS: tuple[tuple[float, ...], ...] = (
 
 UNIPC_VARIANTS: tuple[str, ...] = ("bh1", "bh2")
 """The WebUI's UniPC variants the carry models (``unipc_coefficients``); its ``vary_coeff`` is not carried."""
+UNIPC_DEFAULTS: tuple[int, str, bool] = (3, "bh1", True)
+"""UniPC's (order, variant, lower order final) under the WebUI's default settings."""
 
 
 def carries_unipc(settings: tuple[int, str, bool]) -> bool:
@@ -107,7 +109,7 @@ class Carry:
     """
 
     def __init__(self, kind: str, eta: float = 0.0, generator: torch.Generator | None = None,
-                 unipc: tuple[int, str, bool] = (3, "bh1", True)) -> None:
+                 unipc: tuple[int, str, bool] = UNIPC_DEFAULTS) -> None:
         if kind not in CARRY_KINDS:
             raise ValueError(f"kind must be one of {CARRY_KINDS}, got {kind!r}")
         if not eta >= 0:

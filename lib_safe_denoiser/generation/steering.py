@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from lib_safe_denoiser.concepts.steering import ConceptSteering
-from lib_safe_denoiser.core.carry import Carry
+from lib_safe_denoiser.core.carry import UNIPC_DEFAULTS, Carry
 from lib_safe_denoiser.core.denoiser import SafeDenoiser
 from lib_safe_denoiser.generation.cfg_rows import CondsList, correction_delta, steer_rows_
 from lib_safe_denoiser.generation.trace import GenerationTrace
@@ -44,7 +44,7 @@ class Steering:
         trace.begin_pass()
 
     def set_sampler(self, carry_kind: str | None, eta: float, seed: int,
-                    unipc: tuple[int, str, bool] = (3, "bh1", True)) -> None:
+                    unipc: tuple[int, str, bool] = UNIPC_DEFAULTS) -> None:
         """Tell the pass which sampler runs it (once, at its first model call): where the paper mode
         carries its correction (``config.carry``) and the carry supports the sampler (``carry_kind``
         one of core.carry.CARRY_KINDS, None where it does not), the correction is carried into the
