@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lib_safe_denoiser.banks.webui_http import TXT2IMG_PATH, BankWriter, Generation, Post
+from lib_safe_denoiser.banks.webui_http import TXT2IMG_PATH, BankWriter, Generation, Post, generated_images
 from lib_safe_denoiser.errors import BankError
 
 MODEL_SAMPLES_TAG = "model-samples"
@@ -55,12 +55,8 @@ def make_reference(post: Post, bank: str, request: SampleRequest, *, description
     writer = BankWriter(post, bank, text, [MODEL_SAMPLES_TAG], shared)
     for body in request.batches():
         try:
-            answer = post(TXT2IMG_PATH, body)
-            images = answer.get("images") if isinstance(answer, dict) else None
-            if not isinstance(images, list) or len(images) < body["batch_size"]:
-                raise BankError(f"{TXT2IMG_PATH} answered without the {body['batch_size']} images asked for")
             writer.add([{"name": f"sample-{made + i:05d}.png", "data": data}
-                        for i, data in enumerate(images[: body["batch_size"]])])
+                        for i, data in enumerate(generated_images(post, TXT2IMG_PATH, body))])
         except BankError as exc:
             raise writer.failed(exc, "samples") from None
         made += body["batch_size"]

@@ -14,24 +14,20 @@ import base64
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import Protocol
 
-from lib_safe_denoiser.banks.webui_http import IMG2IMG_PATH, BankWriter, Generation, bank_path
+from lib_safe_denoiser.banks.webui_http import (
+    IMG2IMG_PATH,
+    BankWriter,
+    Generation,
+    WebUIHttp,
+    bank_path,
+    generated_images,
+)
 from lib_safe_denoiser.errors import BankError
 
 VARIATIONS_TAG = "variations"
 CROP_AND_RESIZE = 1
 """The WebUI's img2img ``resize_mode`` that fills the size asked for without stretching the image."""
-
-
-class WebUI(Protocol):
-    """What ``make_variations`` needs of the WebUI (``webui_http.WebUIHttp`` provides it)."""
-
-    def post(self, path: str, body: dict) -> dict: ...
-
-    def get(self, path: str) -> bytes: ...
-
-    def get_json(self, path: str) -> object: ...
 
 
 @dataclass(frozen=True)
@@ -58,7 +54,7 @@ class VariationRequest(Generation):
                 "resize_mode": CROP_AND_RESIZE}
 
 
-def make_variations(webui: WebUI, source: str, bank: str, request: VariationRequest, *, description: str = "",
+def make_variations(webui: WebUIHttp, source: str, bank: str, request: VariationRequest, *, description: str = "",
                     shared: bool = False, progress: Callable[[int, int], None] | None = None) -> dict:
     """Store ``request.per_image`` variations of every image of the bank ``source`` as the new bank
     ``bank`` (tagged ``variations``), image by image: a failure half-way keeps what was stored and
@@ -75,12 +71,8 @@ def make_variations(webui: WebUI, source: str, bank: str, request: VariationRequ
         stem = PurePath(str(entry.get("source_name") or f"image-{index:04d}")).stem
         try:
             image = webui.get(f"{bank_path(source)}/images/{entry['sha256']}")
-            answer = webui.post(IMG2IMG_PATH, request.img2img(image, index))
-            images = answer.get("images") if isinstance(answer, dict) else None
-            if not isinstance(images, list) or len(images) < request.per_image:
-                raise BankError(f"{IMG2IMG_PATH} answered without the {request.per_image} images asked for")
-            writer.add([{"name": f"{stem}-var{k:02d}.png", "data": data}
-                        for k, data in enumerate(images[: request.per_image])])
+            images = generated_images(webui.post, IMG2IMG_PATH, request.img2img(image, index))
+            writer.add([{"name": f"{stem}-var{k:02d}.png", "data": data} for k, data in enumerate(images)])
         except BankError as exc:
             raise writer.failed(exc, "variations") from None
         if progress is not None:

@@ -63,6 +63,17 @@ class WebUIHttp:
             raise BankError(f"cannot reach the WebUI at {self.base_url}: {getattr(exc, 'reason', exc)}") from None
 
 
+def generated_images(post: Post, path: str, body: dict) -> list[str]:
+    """The base64 images of one generation (``path`` txt2img or img2img): exactly the ``batch_size`` asked for,
+    or a ``BankError`` where the WebUI answered fewer."""
+    answer = post(path, body)
+    images = answer.get("images") if isinstance(answer, dict) else None
+    wanted = body["batch_size"]
+    if not isinstance(images, list) or len(images) < wanted:
+        raise BankError(f"{path} answered without the {wanted} images asked for")
+    return images[:wanted]
+
+
 def _detail(raw: bytes) -> str:
     try:
         data = json.loads(raw)
@@ -103,7 +114,6 @@ class BankWriter:
 
     def result(self) -> dict:
         return {"bank": self.bank, "images": self.stored, "skipped": self.skipped}
-
 
 
 @dataclass(frozen=True)

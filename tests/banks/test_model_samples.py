@@ -9,6 +9,7 @@ import socket
 import pytest
 
 from lib_safe_denoiser.banks.model_samples import GENERIC_PROMPTS, MODEL_SAMPLES_TAG, SampleRequest
+from lib_safe_denoiser.banks.webui_http import TXT2IMG_PATH, generated_images
 from lib_safe_denoiser.cli import main
 from lib_safe_denoiser.errors import BankError
 from tests.banks.webui_server import WebUI
@@ -83,3 +84,14 @@ def test_an_unreachable_webui_is_named(capsys):
 def test_bad_requests_are_named(changes, message):
     with pytest.raises(BankError, match=message):
         SampleRequest(**changes)
+
+
+@pytest.mark.parametrize("answer", [{"images": ["a"]}, {"detail": "no images"}, ["a", "b"]])
+def test_an_answer_short_of_images_is_named(answer):
+    with pytest.raises(BankError, match="/sdapi/v1/txt2img answered without the 2 images asked for"):
+        generated_images(lambda _path, _body: answer, TXT2IMG_PATH, {"batch_size": 2})
+
+
+def test_a_generation_gives_the_images_asked_for():
+    assert generated_images(lambda _path, _body: {"images": ["a", "b", "c"]}, TXT2IMG_PATH,
+                            {"batch_size": 2}) == ["a", "b"]
